@@ -1,0 +1,28 @@
+# The README's two commands: `make demo` and `make test`. Each creates .venv
+# (once) with the project and its test extras, then runs its job.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: $(BIN)/.installed
+	$(BIN)/scaling demo
+
+# scripts/postgres.sh installs Debian's postgresql if it is missing and starts a
+# throw-away cluster on a local port for the store tests; pytest picks up its URL.
+test: $(BIN)/.installed
+	bash scripts/postgres.sh start
+	PATH="$(abspath $(BIN)):$$PATH" SCALING_TEST_PG_URL="$$(bash scripts/postgres.sh url)" \
+	  $(BIN)/python -m pytest -q -n 2 --dist loadfile; rc=$$?; bash scripts/postgres.sh stop; exit $$rc
+
+clean:
+	rm -rf $(VENV) results/runs.db results/demo
