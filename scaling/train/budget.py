@@ -1,0 +1,48 @@
+"""Budget -> number of steps: the stated rule (DESIGN.md "Compute units"; docs/training.md).
+
+examples = epochs x train_size                                   (epoch budgets)
+examples = to_flops(budget, unit, utilization) / train_flops_per_example   (FLOPs / hours)
+steps    = round(examples / batch_size)        (scaling.units.budget_to_steps)
+
+`to_flops` turns hours into FLOPs as hours x 3600 x peak x utilisation (scaling.units,
+utilisation documented per hardware profile and overridable); train FLOPs per example
+are the model's analytic count at the train resolution (3 x forward, scaling.models.counts).
+A budget worth less than half a step is refused rather than rounded up to one.
+Pure Python: no jax.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from scaling.errors import BadInput
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    total_steps: int
+    examples: int          # total_steps x batch_size: what the run will actually see
+    budget_flops: float    # the budget in training FLOPs (analytic) it was planned for
+
+
+def plan_steps(*, epochs: float | None, budget: float | None, unit: str | None,
+               utilization: float | None, batch_size: int, train_size: int,
+               train_flops_per_example: float) -> StepPlan:
+    """Number of optimizer steps for an epoch budget or a compute budget in any unit."""
+    from scaling import units
+
+    if epochs is not None:
+        budget, unit = epochs, "epochs"
+    u = units.parse_unit(unit)
+    steps = units.budget_to_steps(budget, u, train_flops_per_example=train_flops_per_example,
+                                  batch_size=batch_size, dataset_size=train_size,
+                                  utilization=utilization)
+    wanted = (budget * train_size if u.kind == "epochs"
+              else units.to_flops(budget, u, utilization=utilization) / train_flops_per_example)
+    if wanted < batch_size / 2:  # budget_to_steps would round it up to a whole step
+        raise BadInput(
+            f"budget: {budget:g} {u.name} buys {wanted:.3g} examples, less than one step of "
+            f"batch {batch_size} ({batch_size * train_flops_per_example:.3g} FLOPs); "
+            "raise the budget or lower --batch")
+    examples = steps * batch_size
+    return StepPlan(total_steps=steps, examples=examples,
+                    budget_flops=float(examples * train_flops_per_example))

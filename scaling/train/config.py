@@ -1,0 +1,148 @@
+"""TrainConfig: everything that defines ONE training run, as JSON-round-trippable data.
+
+The sweep runner stores `to_json()` as the trial config and hashes it, so the
+dataclass holds only plain values (str, int, float, bool, None, dict of those).
+Pure Python: no jax import (the sweep runner builds configs before any device work).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from scaling.errors import BadInput
+
+# Where the persistent XLA compilation cache lives unless the user says otherwise
+# (DESIGN.md: results/ is the default home of everything the program writes).
+DEFAULT_COMPILE_CACHE = "results/jax_cache"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One run: a model, a dataset, a budget (epochs OR budget+unit) and a peak LR.
+
+    model:       preset name ("F0", "F3+", "nfnet-d0.5-w0.125"); or leave None and give
+                 depth_mult and width_mult (the continuous family).
+    epochs:      fractional epoch budget (0.25, 0.5, ...), or
+    budget/unit: compute budget in any unit of scaling.units ("tpu-v4-core-hours",
+                 "flops", ...); converted to steps by `scaling.train.budget.plan_steps`.
+    lr:          peak learning rate of the warmup + cosine schedule over this run's steps.
+    resolution:  train resolution (None: the model's train resolution [B21]);
+    eval_resolution: held-out resolution (None: same as `resolution`).
+    optimizer:   overrides of scaling.optim.OptimConfig fields (e.g. {"weight_decay": 0}).
+    eval_points: held-out evaluations along the way (besides the final one), evenly spaced.
+    checkpoint_every_steps / checkpoint_every_minutes: save when either is reached.
+    hardware:    profile measured time is reported against (scaling.units.HARDWARE);
+                 None = detected from the JAX device kind.
+    utilization: assumed utilisation turning an hours budget into FLOPs (None = the
+                 unit's profile default, documented in scaling/units.py).
+    log_indices: write every consumed training example index to indices.jsonl
+                 (debug: lets tests check exactly-once-per-epoch; large for real runs).
+    """
+
+    model: str | None = None
+    depth_mult: float | None = None
+    width_mult: float | None = None
+    dataset: str = "procedural"
+    epochs: float | None = None
+    budget: float | None = None
+    unit: str | None = None
+    lr: float = 0.1
+    batch_size: int = 32
+    resolution: int | None = None
+    eval_resolution: int | None = None
+    seed: int = 0
+    optimizer: dict = field(default_factory=dict)
+    eval_points: int = 0
+    checkpoint_every_steps: int = 200
+    checkpoint_every_minutes: float = 10.0
+    workdir: str | None = None
+    compile_cache_dir: str | None = DEFAULT_COMPILE_CACHE
+    tensorboard: bool = False
+    hardware: str | None = None
+    utilization: float | None = None
+    log_indices: bool = False
+
+    # ---- validation -------------------------------------------------------------
+    def validate(self) -> "TrainConfig":
+        """Raise BadInput (one line: field, problem, fix) on anything unusable."""
+        if self.model is None and (self.depth_mult is None or self.width_mult is None):
+            raise BadInput("model: give a preset name (e.g. --model F0) or both --depth-mult and --width-mult")
+        if self.model is not None and (self.depth_mult is not None or self.width_mult is not None):
+            raise BadInput("model: give either a preset name or --depth-mult/--width-mult, not both")
+        for name in ("depth_mult", "width_mult"):
+            v = getattr(self, name)
+            if v is not None and not (_finite(v) and v > 0):
+                raise BadInput(f"{name}: must be a positive number, got {v!r}")
+        has_epochs = self.epochs is not None
+        has_budget = self.budget is not None or self.unit is not None
+        if has_epochs == has_budget:
+            raise BadInput("epochs: give exactly one of --epochs E or --budget X --unit U")
+        if has_epochs and not (_finite(self.epochs) and self.epochs > 0):
+            raise BadInput(f"epochs: must be a positive number, got {self.epochs!r}")
+        if has_budget:
+            if self.budget is None or self.unit is None:
+                raise BadInput("budget: --budget and --unit go together, e.g. --budget 400 --unit tpu-v4-core-hours")
+            if not (_finite(self.budget) and self.budget > 0):
+                raise BadInput(f"budget: must be a positive number, got {self.budget!r}")
+        if not (_finite(self.lr) and self.lr > 0):
+            raise BadInput(f"lr: must be a positive number, got {self.lr!r}")
+        _positive_int("batch_size", self.batch_size)
+        for name in ("resolution", "eval_resolution"):
+            v = getattr(self, name)
+            if v is not None:
+                _positive_int(name, v)
+                if v < 8:
+                    raise BadInput(f"{name}: {v} px is below the NFNet stem's 8x downsampling; use at least 8")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise BadInput(f"seed: must be an integer, got {self.seed!r}")
+        if not isinstance(self.eval_points, int) or self.eval_points < 0:
+            raise BadInput(f"eval_points: must be a non-negative integer, got {self.eval_points!r}")
+        _positive_int("checkpoint_every_steps", self.checkpoint_every_steps)
+        if not (_finite(self.checkpoint_every_minutes) and self.checkpoint_every_minutes > 0):
+            raise BadInput("checkpoint_every_minutes: must be a positive number of minutes")
+        if self.utilization is not None and not (_finite(self.utilization) and 0 < self.utilization <= 1):
+            raise BadInput(f"utilization: must be in (0, 1], got {self.utilization!r}")
+        if not isinstance(self.optimizer, dict):
+            raise BadInput("optimizer: must be a table of OptimConfig fields, e.g. {\"weight_decay\": 0.0}")
+        return self
+
+    # ---- JSON -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys) so equal configs give equal strings and hashes."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(sorted(known))}"
+                raise BadInput(f"{key}: not a TrainConfig field{hint}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise BadInput(f"config: not valid JSON ({err.msg} at line {err.lineno}); fix the file") from None
+        if not isinstance(data, dict):
+            raise BadInput("config: must be a JSON object of TrainConfig fields")
+        return cls.from_dict(data)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _positive_int(name: str, v: Any) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise BadInput(f"{name}: must be a positive integer, got {v!r}")
