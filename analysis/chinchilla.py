@@ -1,0 +1,185 @@
+"""Compute-optimal model size and epochs: [H22] Approach 3 with ConvNet compute.
+
+L(N, D) = E + A/N^alpha + B/D^beta, N = parameters, D = training examples seen, fitted as
+log L_hat = LSE(a - alpha log N, b - beta log D, e) with the summed Huber loss (delta 1e-3)
+from the [H22] initialisation grid (REFERENCE.md s3), bootstrap over the fitted points.
+
+Compute is NOT 6 N D for ConvNets: FLOPs per example depend on depth, width and
+resolution. Between family members we fit F(N) = c N^gamma (forward FLOPs/example against
+params, log-log least squares over the models measured), so a run costs C = 3 F(N) D
+(train = 3 x forward, DESIGN.md). Minimising L along C = 3 c N^gamma D gives
+  N_opt = [alpha A / (gamma beta B)]^(1/(alpha + gamma beta)) (C / 3c)^(beta / (alpha + gamma beta))
+  D_opt = C / (3 c N_opt^gamma),   exponents a_N = beta/(alpha+gamma beta), a_D = alpha/(alpha+gamma beta)
+which is [H22]'s frontier when gamma = 1 and 3c = 6.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from analysis import fitting
+
+NAMES = ("E", "A", "B", "alpha", "beta")
+# [H22] Approach 3 initialisation grid (REFERENCE.md s3).
+INIT_GRID = np.array([
+    (a, b, e, al, be)
+    for al, be, e, a, b in itertools.product(np.arange(0, 2.01, 0.5), np.arange(0, 2.01, 0.5),
+                                             np.arange(-1, 1.01, 0.5), np.arange(0, 25.1, 5), np.arange(0, 25.1, 5))
+])
+
+
+@dataclass
+class FlopsRelation:
+    """Forward FLOPs per example as a power law of params, across the family's models."""
+
+    c: float
+    gamma: float
+    n_models: int
+
+    def __call__(self, params):
+        return self.c * np.asarray(params, dtype=float) ** self.gamma
+
+
+def fit_flops_relation(opt: pd.DataFrame) -> FlopsRelation:
+    models = opt.groupby("model")[["params", "flops_per_example"]].median()
+    if models["params"].nunique() < 2:
+        raise ValueError("FLOPs-per-example vs params needs at least 2 models of different size")
+    gamma, logc = np.polyfit(np.log(models["params"]), np.log(models["flops_per_example"]), 1)
+    return FlopsRelation(float(np.exp(logc)), float(gamma), len(models))
+
+
+def _designs(log_n, log_d):
+    one, zero = np.ones_like(log_n), np.zeros_like(log_n)
+    return np.stack([np.stack([one, zero, zero, -log_n, zero], axis=1),
+                     np.stack([zero, one, zero, zero, -log_d], axis=1),
+                     np.stack([zero, zero, one, zero, zero], axis=1)])
+
+
+def _named(theta):
+    theta = np.atleast_2d(theta)
+    a, b, e, alpha, beta = theta.T
+    return {"E": np.exp(e), "A": np.exp(a), "B": np.exp(b), "alpha": alpha, "beta": beta}
+
+
+@dataclass
+class ChinchillaFit:
+    params: dict[str, float]
+    samples: dict[str, np.ndarray] = field(repr=False)
+    flops: FlopsRelation
+    r2: float
+    status: str
+    success: bool
+    starts: int
+    starts_agreeing: int
+    converged_fraction: float
+    n_points: int
+    level: float = 0.95
+
+    def predict(self, n, d, samples: bool = False):
+        p = self.samples if samples else {k: np.asarray(v) for k, v in self.params.items()}
+        n, d = np.asarray(n, float), np.asarray(d, float)
+        if samples:
+            n, d = n[None, ...], d[None, ...]
+            p = {k: v.reshape(-1, *([1] * n.ndim)[1:]) for k, v in p.items()}
+        return p["E"] + p["A"] / n ** p["alpha"] + p["B"] / d ** p["beta"]
+
+    def _optimal(self, compute, p):
+        g = self.flops.gamma
+        denom = p["alpha"] + g * p["beta"]
+        coef = (p["alpha"] * p["A"] / (g * p["beta"] * p["B"])) ** (1.0 / denom)
+        n_opt = coef * (compute / (3.0 * self.flops.c)) ** (p["beta"] / denom)
+        d_opt = compute / (3.0 * self.flops(n_opt))
+        return n_opt, d_opt
+
+    def optimal(self, compute):
+        """(N_opt, D_opt) at compute C in FLOPs (point estimate)."""
+        return self._optimal(np.asarray(compute, float), self.params)
+
+    def optimal_samples(self, compute):
+        """(N_opt, D_opt) per bootstrap resample: arrays (B, len(compute))."""
+        c = np.asarray(compute, float)[None, :]
+        p = {k: v[:, None] for k, v in self.samples.items()}
+        with np.errstate(all="ignore"):
+            return self._optimal(c, p)
+
+    def exponents(self) -> dict[str, float]:
+        g, p = self.flops.gamma, self.params
+        return {"a_N": p["beta"] / (p["alpha"] + g * p["beta"]), "a_D": p["alpha"] / (p["alpha"] + g * p["beta"])}
+
+    def exponent_samples(self) -> dict[str, np.ndarray]:
+        g, p = self.flops.gamma, self.samples
+        with np.errstate(all="ignore"):
+            return {"a_N": p["beta"] / (p["alpha"] + g * p["beta"]), "a_D": p["alpha"] / (p["alpha"] + g * p["beta"])}
+
+    def same_rate(self, level: float | None = None) -> dict:
+        """[S23]'s rule "scale model size and epochs at the same rate": a_N = a_D?
+
+        Consistent when the bootstrap interval of a_N - a_D contains 0."""
+        level = self.level if level is None else level
+        ex, s = self.exponents(), self.exponent_samples()
+        lo, hi = fitting.interval(s["a_N"] - s["a_D"], level)
+        verdict = "consistent" if lo <= 0 <= hi else ("model size faster" if lo > 0 else "epochs faster")
+        return {"a_N": ex["a_N"], "a_D": ex["a_D"], "a_N_interval": fitting.interval(s["a_N"], level),
+                "a_D_interval": fitting.interval(s["a_D"], level), "difference": ex["a_N"] - ex["a_D"],
+                "difference_interval": (lo, hi), "level": level, "verdict": verdict}
+
+    def to_dict(self, level: float | None = None) -> dict:
+        level = self.level if level is None else level
+        return {"params": self.params, "intervals": {k: fitting.interval(v, level) for k, v in self.samples.items()},
+                "level": level, "flops_per_example": {"c": self.flops.c, "gamma": self.flops.gamma,
+                                                      "n_models": self.flops.n_models},
+                "r2": self.r2, "status": self.status, "success": self.success,
+                "starts_agreeing": f"{self.starts_agreeing}/{min(self.starts, 32)} best starts",
+                "converged_fraction": self.converged_fraction, "n_points": self.n_points,
+                "exponents": self.exponents(), "same_rate": self.same_rate(level)}
+
+
+def fit_approach3(opt: pd.DataFrame, resamples: int = 1000, seed: int = 0, level: float = 0.95,
+                  flops: FlopsRelation | None = None) -> ChinchillaFit:
+    """Fit L(N, D) to the lr-optimal points (columns params, examples_seen, heldout_loss)."""
+    pts = opt.dropna(subset=["params", "examples_seen", "heldout_loss"])
+    if pts["params"].nunique() < 2 or pts["examples_seen"].nunique() < 2 or len(pts) < 6:
+        raise ValueError(f"Approach 3 needs >= 2 model sizes, >= 2 data sizes and >= 6 points; has "
+                         f"{pts['params'].nunique()} sizes, {pts['examples_seen'].nunique()} data sizes, {len(pts)} points")
+    flops = fit_flops_relation(pts) if flops is None else flops
+    log_n, log_d = np.log(pts["params"].to_numpy(float)), np.log(pts["examples_seen"].to_numpy(float))
+    y = np.log(pts["heldout_loss"].to_numpy(float))
+    designs = _designs(log_n, log_d)
+    point = fitting.fit_multistart(INIT_GRID, designs, y)
+    u = np.einsum("jnp,p->jn", designs, point.theta)
+    r2 = fitting.r_squared(y, np.logaddexp.reduce(u, axis=0))
+    rng = np.random.default_rng(seed)
+    w = fitting.bootstrap_weights(len(y), resamples, rng)
+    boot = fitting.minimize_batched(np.repeat(point.theta[None], resamples, axis=0), designs, y, w)
+    theta = boot.theta.copy()
+    theta[~boot.converged] = np.nan
+    return ChinchillaFit(params={k: float(v[0]) for k, v in _named(point.theta).items()},
+                         samples=_named(theta), flops=flops, r2=r2, status=point.status, success=point.success,
+                         starts=point.starts, starts_agreeing=point.starts_agreeing,
+                         converged_fraction=float(boot.converged.mean()) if resamples else float("nan"),
+                         n_points=len(y), level=level)
+
+
+def isoflop_profiles(opt: pd.DataFrame, fit: ChinchillaFit | None = None, decade_width: float = 0.5) -> pd.DataFrame:
+    """[H22] Approach 2 as a diagnostic: bin the lr-optimal points by log10 compute, fit a
+    parabola of loss in log N within each bin with >= 3 model sizes, report its minimum
+    next to Approach 3's N_opt at the bin's median compute."""
+    pts = opt.dropna(subset=["train_flops", "params", "heldout_loss"]).copy()
+    if pts.empty:
+        return pd.DataFrame()
+    pts["bin"] = np.floor(np.log10(pts["train_flops"]) / decade_width).astype(int)
+    rows = []
+    for b, g in pts.groupby("bin"):
+        c = float(np.exp(np.log(g["train_flops"]).mean()))
+        row = {"compute": c, "n_models": g["params"].nunique(), "n_parabola": np.nan, "n_approach3": np.nan}
+        if g["params"].nunique() >= 3:
+            a2, a1, a0 = np.polyfit(np.log(g["params"]), g["heldout_loss"], 2)
+            if a2 > 0:
+                row["n_parabola"] = float(np.exp(-a1 / (2 * a2)))
+        if fit is not None:
+            row["n_approach3"] = float(fit.optimal(c)[0])
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,122 @@
+"""Runs from a store (SQLite/PostgreSQL, read-only) or a CSV into one DataFrame.
+
+Units of the returned columns (DESIGN.md "Contracts"):
+  params               parameter count
+  flops_per_example    FORWARD real FLOPs per example (2 per MAC) at the train resolution
+  train_flops          real training FLOPs of the run = 3 x forward x examples_seen
+  examples_seen        training examples processed (D in the laws)
+  epochs               epoch budget; dataset size = examples_seen / epochs
+  lr                   peak learning rate; heldout_loss in nats
+  device_seconds       measured device time on `hardware`
+Only finished runs ("done") are kept. Diverged and failed runs are excluded and counted
+in the notes (the report prints them); pending/running ones are ignored.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scaling.errors import BadInput
+
+REQUIRED = ("model", "params", "examples_seen", "lr", "heldout_loss", "train_flops")
+OPTIONAL = ("epochs", "depth_mult", "width_mult", "batch_size", "dataset", "sweep", "status",
+            "device_seconds", "hardware", "flops_per_example", "heldout_accuracy", "seed", "resolution")
+NUMERIC = ("params", "examples_seen", "lr", "heldout_loss", "train_flops", "epochs", "depth_mult",
+           "width_mult", "batch_size", "device_seconds", "flops_per_example", "heldout_accuracy", "seed",
+           "resolution")
+
+
+def read_store(url: str) -> pd.DataFrame:
+    """All trials of a store as a DataFrame (one SELECT; nothing is written)."""
+    import sqlalchemy as sa
+
+    from sweeps import schema
+
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise BadInput(f"--store: {url!r} is not a database URL; use sqlite:///path/runs.db or postgresql://...") from None
+    if parsed.get_backend_name() == "sqlite":
+        db = parsed.database
+        if not db or db == ":memory:" or not Path(db).is_file():
+            raise BadInput(f"--store: no SQLite store at {db!r}; run a sweep first or pass the right path")
+    try:
+        engine = sa.create_engine(parsed)
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table("trials"):
+                raise BadInput(f"--store: {url!r} has no trials table; is it a results store?")
+            rows = conn.execute(sa.select(schema.trials)).mappings().all()
+    except sa.exc.OperationalError as err:
+        raise BadInput(f"--store: cannot open {url!r} ({str(err.orig).strip().splitlines()[0]}); check the URL") from None
+    finally:
+        if "engine" in locals():
+            engine.dispose()
+    return pd.DataFrame(rows, columns=[c.name for c in schema.trials.columns])
+
+
+def read_csv(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"--csv: no file at {str(path)!r}; pass an existing CSV of runs")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise BadInput(f"--csv: {path} is not a readable CSV ({str(err).splitlines()[0]}); fix the file") from None
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise BadInput(f"--csv: missing columns {', '.join(missing)}; required: {', '.join(REQUIRED)}")
+    return df
+
+
+def clean(raw: pd.DataFrame, dataset: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Normalise columns and units, keep finished finite runs; notes say what was dropped."""
+    notes: list[str] = []
+    df = raw.copy()
+    for col in OPTIONAL:
+        if col not in df.columns:
+            df[col] = np.nan
+    df["status"] = df["status"].fillna("done").astype(str).str.lower()
+    for col in NUMERIC:
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    df["model"] = df["model"].astype(str)
+    if dataset is not None:
+        if dataset not in set(df["dataset"].dropna()):
+            raise BadInput(f"--dataset: {dataset!r} not in the runs; choose one of {sorted(set(df['dataset'].dropna()))}")
+        df = df[df["dataset"] == dataset]
+    elif df["dataset"].nunique() > 1:
+        top = df["dataset"].value_counts().index[0]
+        notes.append(f"runs span datasets {sorted(df['dataset'].dropna().unique())}; analysed {top!r} "
+                     "(the most runs; choose with --dataset)")
+        df = df[df["dataset"] == top]
+    for status in ("diverged", "failed"):
+        bad = df[df["status"] == status]
+        if len(bad):
+            per = ", ".join(f"{m}: {n}" for m, n in bad["model"].value_counts().sort_index().items())
+            notes.append(f"excluded {len(bad)} {status} trial(s) ({per})")
+    unfinished = df["status"].isin(["pending", "running"]).sum()
+    if unfinished:
+        notes.append(f"ignored {unfinished} unfinished trial(s) (pending/running)")
+    other = ~df["status"].isin(["done", "diverged", "failed", "pending", "running"])
+    if other.any():
+        notes.append(f"ignored {other.sum()} trial(s) with unknown status {sorted(df.loc[other, 'status'].unique())}")
+    df = df[df["status"] == "done"]
+    fwd = df["train_flops"] / (3.0 * df["examples_seen"])  # train = 3 x forward (DESIGN.md)
+    df["flops_per_example"] = df["flops_per_example"].fillna(fwd)
+    needed = ["params", "examples_seen", "lr", "heldout_loss", "train_flops"]
+    finite = np.isfinite(df[needed]).all(axis=1) & (df[needed] > 0).all(axis=1)
+    if (~finite).any():
+        notes.append(f"excluded {int((~finite).sum())} finished trial(s) with missing, non-finite or "
+                     "non-positive loss/params/FLOPs/lr/examples")
+    df = df[finite].reset_index(drop=True)
+    return df, notes
+
+
+def load_runs(store: str | None = None, csv: str | Path | None = None,
+              dataset: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """The one entry point: exactly one of `store` (URL) or `csv` (path)."""
+    if (store is None) == (csv is None):
+        raise BadInput("--store/--csv: give exactly one source of runs (a store URL or a CSV file)")
+    raw = read_store(store) if store is not None else read_csv(csv)
+    return clean(raw, dataset)

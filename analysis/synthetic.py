@@ -1,0 +1,73 @@
+"""Synthetic runs drawn from known laws, for tests and the benchmark.
+
+Model sizes and FLOPs per example are the published NFNet family (REFERENCE.md s2,
+[B21] Table 3: params and MACs at test resolution), so (params, FLOPs/example) pairs are
+realistic for a ConvNet (FLOPs/example is NOT proportional to params). The held-out loss
+at the optimal learning rate follows L(N, D) = E + A/N^alpha + B/D^beta; off the optimum
+it grows quadratically in log2(lr); the optimal lr falls with epochs, faster for bigger
+models ([S23] Figure 3: about 1.6 at small budgets); too high a lr diverges.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+# [B21] Table 3 (REFERENCE.md s2): name, depth multiplier, params, MACs (test resolution).
+NFNET_TABLE3 = pd.DataFrame(
+    [("F0", 1, 71.5e6, 12.38e9), ("F1", 2, 132.6e6, 35.54e9), ("F2", 3, 193.8e6, 62.59e9),
+     ("F3", 4, 254.9e6, 114.76e9), ("F4", 5, 316.1e6, 215.24e9), ("F5", 6, 377.2e6, 289.76e9),
+     ("F6", 7, 438.4e6, 377.28e9)],
+    columns=["model", "depth_mult", "params", "macs"],
+)
+
+# Chinchilla refit by [E24] (REFERENCE.md s3), used as a plausible "true" law.
+TRUE_LAW = {"E": 1.82, "A": 482.0, "B": 2085.0, "alpha": 0.348, "beta": 0.366}
+DATASET_SIZE = 4e9  # JFT-4B, [S23] (REFERENCE.md s1)
+EPOCHS = (0.25, 0.5, 1, 2, 4, 8)  # [S23] epoch budgets
+BATCH = 4096  # [S23]
+
+
+def true_loss(params, examples, law=TRUE_LAW):
+    return law["E"] + law["A"] / np.asarray(params) ** law["alpha"] + law["B"] / np.asarray(examples) ** law["beta"]
+
+
+def true_lr_opt(params, epochs):
+    """1.6 at 0.25 epochs, falling as epochs^-s with s growing with model size ([S23] Fig. 3 shape)."""
+    s = 0.1 + 0.15 * np.log2(np.asarray(params) / 71.5e6) / np.log2(438.4e6 / 71.5e6)
+    return 1.6 * (np.asarray(epochs) / 0.25) ** (-s)
+
+
+def make_runs(models=("F0", "F1", "F2", "F3", "F4", "F5", "F6"), epochs=EPOCHS, lr_grid=None, seeds=1,
+              noise=0.01, lr_curvature=0.02, dataset_size=DATASET_SIZE, seed=0, law=TRUE_LAW) -> pd.DataFrame:
+    """One row per trial, with the CSV-import columns (DESIGN.md) plus status."""
+    rng = np.random.default_rng(seed)
+    lr_grid = 2.0 ** np.arange(-4, 3) if lr_grid is None else np.asarray(lr_grid)
+    table = NFNET_TABLE3.set_index("model").loc[list(models)]
+    rows = []
+    for name, m in table.iterrows():
+        fwd = 2.0 * m["macs"]  # 2 FLOPs per MAC (DESIGN.md)
+        for ep in epochs:
+            examples = ep * dataset_size
+            best = true_loss(m["params"], examples, law)
+            lr_opt = true_lr_opt(m["params"], ep)
+            for lr in lr_grid:
+                for s in range(seeds):
+                    dist = np.log2(lr / lr_opt)
+                    diverged = dist > 2.5
+                    loss = best + lr_curvature * dist**2
+                    loss *= np.exp(noise * rng.standard_normal())
+                    rows.append({"model": name, "depth_mult": float(m["depth_mult"]), "width_mult": 1.0,
+                                 "params": m["params"], "examples_seen": examples, "epochs": ep, "lr": lr,
+                                 "heldout_loss": np.nan if diverged else loss,
+                                 "train_flops": 3.0 * fwd * examples, "batch_size": BATCH,
+                                 "dataset": "synthetic", "sweep": "synthetic", "seed": s,
+                                 "status": "diverged" if diverged else "done"})
+    return pd.DataFrame(rows)
+
+
+def make_frontier(n=30, k=60.0, b=0.05, E=0.0, noise=0.02, seed=0, cmin=1e17, cmax=1e22):
+    """(compute, loss) points from L = E + k C^-b with multiplicative noise (frontier fits)."""
+    rng = np.random.default_rng(seed)
+    c = np.exp(np.linspace(np.log(cmin), np.log(cmax), n))
+    loss = (E + k * c ** (-b)) * np.exp(noise * rng.standard_normal(n))
+    return c, loss
