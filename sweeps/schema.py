@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 1
+# 1: trials, metrics, schema_info. 2: trials.shape (claim prefers the shape a worker
+# last compiled), the sweeps table (each sweep's LR-extension policy), and the
+# "what it trains" columns nullable (imported runs may not know epochs, batch, ...).
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -22,18 +25,20 @@ trials = sa.Table(
     sa.Column("config_json", sa.Text, nullable=False),  # full canonical trial config
     # what the trial trains
     sa.Column("model", sa.String(100), nullable=False),  # preset name or "nfnet-d{k}-w{w}"
-    sa.Column("depth_mult", sa.Float, nullable=False),
-    sa.Column("width_mult", sa.Float, nullable=False),
+    sa.Column("depth_mult", sa.Float),
+    sa.Column("width_mult", sa.Float),
     sa.Column("params", sa.BigInteger),  # parameter count
     sa.Column("flops_per_example", sa.Float),  # forward FLOPs/example at train res (2 per MAC)
-    sa.Column("epochs", sa.Float, nullable=False),
+    sa.Column("epochs", sa.Float),
     sa.Column("lr", sa.Float, nullable=False),  # peak learning rate
-    sa.Column("batch_size", sa.Integer, nullable=False),
-    sa.Column("resolution", sa.Integer, nullable=False),
-    sa.Column("eval_resolution", sa.Integer, nullable=False),
-    sa.Column("dataset", sa.String(200), nullable=False),
-    sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("batch_size", sa.Integer),
+    sa.Column("resolution", sa.Integer),
+    sa.Column("eval_resolution", sa.Integer),
+    sa.Column("dataset", sa.String(200)),
+    sa.Column("seed", sa.Integer),
     sa.Column("reason", sa.String(200), nullable=False, server_default="grid"),  # grid / lr-extension: ...
+    # what one compilation depends on (sweeps.spec.shape_key); added in version 2
+    sa.Column("shape", sa.String(500), index=True),
     # queue state
     sa.Column("status", sa.String(16), nullable=False, server_default="pending", index=True),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
@@ -71,6 +76,15 @@ metrics = sa.Table(
     sa.Column("lr", sa.Float),
     sa.Column("wall_time", sa.Float),  # seconds since the trial first started
     sa.UniqueConstraint("trial_id", "step", name="uq_metrics_trial_step"),
+)
+
+# One row per sweep: the policy workers need to grow it (LR extension); version 2.
+sweeps = sa.Table(
+    "sweeps",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("spec_json", sa.Text, nullable=False),  # mode, lr_extension, report unit
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 # A single row holding the schema version the store was created or migrated to.

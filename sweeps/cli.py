@@ -1,0 +1,193 @@
+"""`scaling sweep ...` and `scaling results ...`: thin typer wrappers over sweeps/*.
+
+Mounted by scaling/cli.py through `register(app)`. Errors are `BadInput` (exit 2) or
+`RuntimeFailure` (exit 1), printed as one line by the root.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+from typing import Optional
+
+import typer
+
+from sweeps.store import DEFAULT_URL
+
+STORE_HELP = "store URL: sqlite:///path.db or postgresql://user@host:port/db"
+
+
+def register(app: typer.Typer) -> None:
+    sweep = typer.Typer(help="Sweep specs, workers and their status.", no_args_is_help=True)
+    results = typer.Typer(help="Move finished runs in and out of the store (CSV/Parquet).",
+                          no_args_is_help=True)
+    app.add_typer(sweep, name="sweep")
+    app.add_typer(results, name="results")
+
+    @sweep.command("run")
+    def run(
+        spec: str = typer.Argument(..., help="spec TOML file, or a bundled name (demo, smoke, paper)"),
+        store: str = typer.Option(DEFAULT_URL, help=STORE_HELP),
+        workers: int = typer.Option(2, min=0, help="local worker processes (0: only enqueue)"),
+        results_dir: Optional[str] = typer.Option(None, help="checkpoints/logs (default: next to a SQLite store, else results/)"),
+        lease: float = typer.Option(60.0, help="lease seconds; a silent worker's trial is re-claimed after it"),
+        max_attempts: int = typer.Option(3, min=1, help="claims per trial before it is marked failed"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="validate and print the grid; touch no store"),
+        as_json: bool = typer.Option(False, "--json", help="machine-readable summary"),
+        trainer: Optional[str] = typer.Option(None, hidden=True, help="module:function (tests)"),
+    ) -> None:
+        """Enqueue SPEC's trials (idempotent) and work them with N local processes."""
+        if dry_run:
+            _plan(spec, None, as_json)
+            return
+        from sweeps.runner import run_sweep
+        from sweeps.worker import WorkerOptions
+
+        opts = WorkerOptions(lease_seconds=lease, max_attempts=max_attempts)
+        summary = run_sweep(spec, store, workers=workers, options=opts, trainer=trainer,
+                            results_dir=results_dir, progress=not as_json and sys.stderr.isatty())
+        if as_json:
+            typer.echo(json.dumps(summary.__dict__))
+        else:
+            c = summary.counts
+            typer.echo(f"sweep {summary.sweep}: {summary.enqueued} new trials; "
+                       + ", ".join(f"{k} {v}" for k, v in c.items()))
+
+    @sweep.command("plan")
+    def plan(
+        spec: str = typer.Argument(..., help="spec TOML file or bundled name"),
+        unit: Optional[str] = typer.Option(None, help="compute unit (default: the spec's report_unit)"),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Validate SPEC and print its trials and their total compute (nothing is run)."""
+        _plan(spec, unit, as_json)
+
+    @sweep.command("work")
+    def work_cmd(
+        store: str = typer.Option(DEFAULT_URL, help=STORE_HELP),
+        sweep_name: Optional[list[str]] = typer.Option(None, "--sweep", help="only these sweeps"),
+        results_dir: Optional[str] = typer.Option(None),
+        lease: float = typer.Option(60.0),
+        max_attempts: int = typer.Option(3, min=1),
+        wait: bool = typer.Option(False, "--wait", help="keep polling when idle instead of exiting"),
+        multihost: bool = typer.Option(False, "--multihost",
+                                       help="this is one of several jax processes forming ONE worker"),
+        trainer: Optional[str] = typer.Option(None, hidden=True),
+    ) -> None:
+        """Join a sweep from this machine: claim and train trials until none are left."""
+        import logging
+
+        from sweeps.worker import WorkerOptions, work
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        opts = WorkerOptions(lease_seconds=lease, max_attempts=max_attempts, exit_when_idle=not wait,
+                             sweeps=tuple(sweep_name) if sweep_name else None)
+        n = work(store, trainer=trainer, options=opts, results_dir=results_dir, multihost=multihost)
+        typer.echo(f"worker: ran {n} trials")
+
+    @sweep.command("status")
+    def status(
+        store: str = typer.Option(DEFAULT_URL, help=STORE_HELP),
+        sweep_name: Optional[str] = typer.Option(None, "--sweep", help="one sweep only"),
+        as_json: bool = typer.Option(False, "--json"),
+        watch_: bool = typer.Option(False, "--watch", help="progress bar until nothing is pending or running"),
+    ) -> None:
+        """Per-sweep trial counts by state, and the failures with their reasons."""
+        from sweeps.runner import watch
+        from sweeps.store import Store
+
+        st = Store(store, create=False)
+        if watch_:
+            watch(st, sweep_name, lambda: st.active([sweep_name] if sweep_name else None) == 0)
+        counts = st.counts(sweep_name)
+        failed = st.rows(sweep_name, where=_failed_or_diverged())
+        report = {name: {"counts": c, "failures": [
+            {"trial_id": r["trial_id"], "model": r["model"], "epochs": r["epochs"], "lr": r["lr"],
+             "status": r["status"], "attempts": r["attempts"],
+             "reason": (r["error"] or f"diverged at step {r['diverged_step']}").strip().splitlines()[0]}
+            for r in failed if r["sweep"] == name]} for name, c in counts.items()}
+        if as_json:
+            typer.echo(json.dumps(report, indent=1))
+            return
+        if not report:
+            typer.echo("no trials in the store")
+        for name, rep in report.items():
+            c = rep["counts"]
+            typer.echo(f"{name}: {sum(c.values())} trials: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+            for f in rep["failures"]:
+                typer.echo(f"  {f['status']:8s} {f['model']} epochs={f['epochs']} lr={f['lr']:g} "
+                           f"(attempts {f['attempts']}): {f['reason']}")
+
+    @results.command("import")
+    def import_cmd(
+        file: str = typer.Argument(..., help="CSV or Parquet, one run per row"),
+        store: str = typer.Option(DEFAULT_URL, help=STORE_HELP),
+        sweep_name: Optional[str] = typer.Option(None, "--sweep", help="sweep name for rows without one"),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Bring runs made elsewhere into the store (columns and units validated first)."""
+        from sweeps.results_io import import_file
+        from sweeps.store import Store
+
+        read, added = import_file(Store(store), file, sweep=sweep_name)
+        typer.echo(json.dumps({"read": read, "added": added}) if as_json
+                   else f"imported {added} new runs ({read - added} already in the store)")
+
+    @results.command("export")
+    def export_cmd(
+        out: str = typer.Argument(..., help="output file (.csv or .parquet)"),
+        store: str = typer.Option(DEFAULT_URL, help=STORE_HELP),
+        fmt: Optional[str] = typer.Option(None, "--format", help="csv or parquet (default: from OUT)"),
+        sweep_name: Optional[str] = typer.Option(None, "--sweep"),
+    ) -> None:
+        """Write every trial (or one sweep's) with its results as CSV or Parquet."""
+        from sweeps.results_io import export_file
+        from sweeps.store import Store
+
+        n = export_file(Store(store, create=False), out, fmt=fmt, sweep=sweep_name)
+        typer.echo(f"wrote {n} runs to {out}")
+
+
+def _failed_or_diverged():
+    from sweeps.schema import trials
+
+    return trials.c.status.in_(("failed", "diverged"))
+
+
+def _plan(spec_path: str, unit: Optional[str], as_json: bool) -> None:
+    """The expanded grid and its analytic compute, in the spec's report unit."""
+    from sweeps.spec import expand, load_spec, total_train_flops
+
+    spec = load_spec(spec_path)
+    trials = expand(spec)
+    unit = unit or spec.report_unit
+    flops = total_train_flops(spec, trials)
+    hours = None
+    if flops is not None:
+        from scaling.units import from_flops
+
+        hours = from_flops(flops, unit)
+    models = sorted({t.config["model"] for t in trials}, key=lambda m: next(
+        t.params for t in trials if t.config["model"] == m))
+    if as_json:
+        typer.echo(json.dumps({"sweep": spec.name, "mode": spec.mode, "trials": len(trials),
+                               "models": models, "epochs": sorted({t.config["epochs"] for t in trials}),
+                               "lrs": list(spec.lrs), "seeds": list(spec.seeds), "train_flops": flops,
+                               "unit": unit, "compute": hours}))
+        return
+    typer.echo(f"sweep {spec.name} ({spec.mode}): {len(trials)} trials on {spec.dataset}, batch "
+               f"{spec.batch_size}, {spec.resolution}/{spec.eval_resolution} px, seeds {list(spec.seeds)}")
+    typer.echo(f"{'model':>22} {'params':>12} {'epochs':>8} {'lrs':>4} {'train FLOPs':>12}")
+    for m in models:
+        rows = [t for t in trials if t.config["model"] == m]
+        for e in sorted({t.config["epochs"] for t in rows}):
+            er = [t for t in rows if t.config["epochs"] == e]
+            f = (3 * er[0].flops_per_example * e * spec.train_examples) if spec.train_examples else math.nan
+            typer.echo(f"{m:>22} {er[0].params:>12,} {e:>8g} {len(er):>4} {f:>12.3g}")
+    if flops is not None:
+        typer.echo(f"total: {flops:.3g} training FLOPs = {hours:,.4g} {unit} (grid before LR extension; "
+                   "utilisation as in scaling.units)")
+    else:
+        typer.echo("total: unknown (set train_examples in the spec to get compute)")
+

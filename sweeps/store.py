@@ -1,0 +1,455 @@
+"""The results store: trials as a queue with leases, metrics, results (SQLite or PostgreSQL).
+
+One schema (`sweeps/schema.py`) for both backends, versioned in `schema_info` with
+forward migrations. The queue protocol (docs/sweeps.md):
+- enqueue is idempotent: trial ids hash the canonical config, existing ids are skipped;
+- claim is ONE transaction (SQLite `BEGIN IMMEDIATE`, PostgreSQL `FOR UPDATE SKIP
+  LOCKED`) that takes a pending trial, or a running one whose lease expired, bumps
+  `attempts` and sets a lease; (worker, attempts) is the lease token;
+- heartbeats renew the lease and flush metrics, completion and failure only apply while
+  the token still matches, so a trial is never completed twice.
+No jax here: analysis and the CLI import this module.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.dialects import postgresql, sqlite
+
+from scaling.errors import BadInput, RuntimeFailure
+from sweeps import schema
+from sweeps.schema import SCHEMA_VERSION, metadata, metrics, schema_info, sweeps, trials
+
+DEFAULT_URL = "sqlite:///results/runs.db"
+TERMINAL = ("done", "failed", "diverged")
+# Result fields a worker may write on completion (the rest of the row is the queue's).
+RESULT_FIELDS = ("heldout_loss", "heldout_accuracy", "params", "flops_per_example", "train_flops",
+                 "device_seconds", "hardware", "num_devices", "examples_seen", "compile_seconds",
+                 "diverged_step")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _as_utc(t: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back naive; they were written as UTC."""
+    if t is None or t.tzinfo is not None:
+        return t
+    return t.replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A trial held by a worker; (worker, attempt) is the lease token."""
+
+    trial_id: str
+    sweep: str
+    config: dict
+    attempt: int
+    worker: str
+    shape: str | None
+    reason: str
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(getattr(err, "orig", None) or err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+# ---------------------------------------------------------------- engine
+
+def make_engine(url: str) -> sa.Engine:
+    """An engine with the claim semantics each backend needs (see module docstring)."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except exc.ArgumentError:
+        raise BadInput(f"store: {url!r} is not a database URL; use sqlite:///path/runs.db "
+                       "or postgresql://user@host:port/db") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        db = parsed.database
+        if not db or db == ":memory:":
+            raise BadInput("store: an in-memory SQLite store cannot be shared by workers; use sqlite:///path/runs.db")
+        Path(db).parent.mkdir(parents=True, exist_ok=True)
+        # timeout = busy wait for the write lock; 8 workers queue behind each other.
+        engine = sa.create_engine(parsed, connect_args={"timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _no_implicit_tx(dbapi_conn, _record):
+            # Hand transaction control to SQLAlchemy's "begin" event below
+            # (the pysqlite recipe in SQLAlchemy's SQLite dialect docs).
+            dbapi_conn.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn):
+            # Take the write lock up front: a claim's SELECT and UPDATE are atomic.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if backend == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return sa.create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+    raise BadInput(f"store: backend {backend!r} is not supported; use sqlite:///... or postgresql://...")
+
+
+def safe_url(url: str) -> str:
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except exc.ArgumentError:
+        return url
+
+
+# ---------------------------------------------------------------- migrations
+
+_V2_NULLABLE = ("depth_mult", "width_mult", "epochs", "batch_size", "resolution", "eval_resolution",
+                "dataset", "seed")
+
+
+def _migrate_1_to_2(conn: sa.Connection) -> None:
+    """Version 2: trials.shape (filled from config_json), the sweeps table, and the
+    "what it trains" columns nullable. SQLite cannot drop NOT NULL in place, so there
+    the trials table is rebuilt (copy, drop, rename) inside the same transaction."""
+    from sweeps.spec import shape_key
+
+    if conn.dialect.name == "sqlite":
+        old_cols = [c["name"] for c in sa.inspect(conn).get_columns("trials")]
+        conn.exec_driver_sql("ALTER TABLE trials RENAME TO _trials_v1")
+        for (name,) in conn.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='_trials_v1' "
+                "AND name NOT LIKE 'sqlite_autoindex%'").all():
+            conn.exec_driver_sql(f'DROP INDEX "{name}"')
+        trials.create(conn)
+        cols = ", ".join(f'"{c}"' for c in old_cols)
+        conn.exec_driver_sql(f"INSERT INTO trials ({cols}) SELECT {cols} FROM _trials_v1")
+        conn.exec_driver_sql("DROP TABLE _trials_v1")
+    else:
+        conn.exec_driver_sql("ALTER TABLE trials ADD COLUMN shape VARCHAR(500)")
+        conn.exec_driver_sql("CREATE INDEX ix_trials_shape ON trials (shape)")
+        for col in _V2_NULLABLE:
+            conn.exec_driver_sql(f"ALTER TABLE trials ALTER COLUMN {col} DROP NOT NULL")
+    sweeps.create(conn)
+    for tid, cfg in conn.execute(sa.select(trials.c.trial_id, trials.c.config_json)).all():
+        conn.execute(trials.update().where(trials.c.trial_id == tid).values(shape=shape_key(json.loads(cfg))))
+
+
+MIGRATIONS = {1: _migrate_1_to_2}  # from version k to k+1
+
+
+# ---------------------------------------------------------------- the store
+
+class Store:
+    """A handle on one store; cheap to create, safe to use from several threads."""
+
+    def __init__(self, url: str = DEFAULT_URL, *, results_dir: str | Path | None = None,
+                 create: bool = True):
+        self.url = url
+        self.engine = make_engine(url)
+        self.backend = self.engine.dialect.name
+        if results_dir is None:
+            if self.backend == "sqlite":
+                results_dir = Path(self.engine.url.database).resolve().parent
+            else:
+                results_dir = Path("results")
+        self.results_dir = Path(results_dir)
+        if self.backend == "sqlite" and not create and not Path(self.engine.url.database).exists():
+            raise BadInput(f"store: {self.engine.url.database} does not exist; run `scaling sweep run` "
+                           "first or pass --store")
+        self._open()
+
+    # -- plumbing
+
+    def _begin(self):
+        return _Tx(self)
+
+    def _open(self) -> None:
+        """Create or migrate the schema; refuse stores from a newer program (untouched)."""
+        with self._begin() as conn:
+            if self.backend == "postgresql":
+                # Serialise concurrent first opens (8 workers starting at once).
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(732016)"))
+            tables = set(sa.inspect(conn).get_table_names())
+            if "schema_info" not in tables:
+                if tables & {"trials", "metrics"}:
+                    raise RuntimeFailure(f"store: {safe_url(self.url)} has trials/metrics tables but no "
+                                         "schema_info; it was not made by this program; use another store")
+                metadata.create_all(conn)
+                conn.execute(schema_info.insert().values(id=1, version=SCHEMA_VERSION))
+                return
+            version = conn.execute(sa.select(schema_info.c.version)).scalar_one()
+            if version > SCHEMA_VERSION:
+                raise RuntimeFailure(
+                    f"store: {safe_url(self.url)} has schema version {version}, this program knows up to "
+                    f"{SCHEMA_VERSION}; upgrade convnet-scaling (nothing was changed)")
+            while version < SCHEMA_VERSION:
+                MIGRATIONS[version](conn)
+                version += 1
+                conn.execute(schema_info.update().values(version=version))
+
+    def schema_version(self) -> int:
+        with self._begin() as conn:
+            return conn.execute(sa.select(schema_info.c.version)).scalar_one()
+
+    def _insert(self, table: sa.Table):
+        return (postgresql.insert if self.backend == "postgresql" else sqlite.insert)(table)
+
+    def trial_workdir(self, claim_or_id: Claim | str, sweep: str | None = None) -> Path:
+        """Checkpoints of a trial live here; a re-claimed trial resumes from them."""
+        if isinstance(claim_or_id, Claim):
+            sweep, tid = claim_or_id.sweep, claim_or_id.trial_id
+        else:
+            tid = claim_or_id
+        return self.results_dir / "trials" / _safe_name(sweep or "_") / tid[:16]
+
+    # -- sweeps and enqueue
+
+    def record_sweep(self, name: str, spec_json: dict) -> None:
+        stmt = self._insert(sweeps).values(name=name, spec_json=json.dumps(spec_json), created_at=utcnow())
+        stmt = stmt.on_conflict_do_update(index_elements=["name"], set_={"spec_json": stmt.excluded.spec_json})
+        with self._begin() as conn:
+            conn.execute(stmt)
+
+    def sweep_spec(self, name: str) -> dict | None:
+        with self._begin() as conn:
+            row = conn.execute(sa.select(sweeps.c.spec_json).where(sweeps.c.name == name)).scalar_one_or_none()
+        return None if row is None else json.loads(row)
+
+    def sweep_names(self) -> list[str]:
+        with self._begin() as conn:
+            return sorted(conn.execute(sa.select(trials.c.sweep).distinct()).scalars())
+
+    def enqueue(self, new_trials: Iterable) -> int:
+        """Insert trials not already stored; returns how many were new. Idempotent."""
+        from sweeps.spec import canonical_json
+
+        now = utcnow()
+        rows = {}
+        for t in new_trials:
+            c = t.config
+            rows[t.trial_id] = dict(
+                trial_id=t.trial_id, sweep=t.sweep, config_json=canonical_json(c), shape=t.shape,
+                model=c["model"], depth_mult=float(t.depth_mult), width_mult=float(t.width_mult),
+                params=t.params,
+                flops_per_example=t.flops_per_example, epochs=float(c["epochs"]), lr=float(c["lr"]),
+                batch_size=int(c["batch_size"]), resolution=int(c["resolution"]),
+                eval_resolution=int(c.get("eval_resolution", c["resolution"])), dataset=c["dataset"],
+                seed=int(c.get("seed", 0)), reason=t.reason[:200], status="pending", attempts=0,
+                created_at=now, updated_at=now)
+        if not rows:
+            return 0
+        added = 0
+        ids = list(rows)
+        with self._begin() as conn:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                have = set(conn.execute(sa.select(trials.c.trial_id).where(trials.c.trial_id.in_(chunk))).scalars())
+                todo = [rows[k] for k in chunk if k not in have]
+                if todo:
+                    conn.execute(self._insert(trials).on_conflict_do_nothing(index_elements=["trial_id"]), todo)
+                    added += len(todo)
+        return added
+
+    # -- the queue
+
+    def claim(self, worker: str, *, lease_seconds: float, max_attempts: int = 3,
+              prefer_shape: str | None = None, sweeps_only: Iterable[str] | None = None) -> Claim | None:
+        """Take one pending or lease-expired trial in one transaction, or None if none.
+
+        Prefers `prefer_shape` (the shape this worker compiled last) so a worker runs
+        the trials of one model shape back to back. A lease-expired trial that has
+        used up `max_attempts` is marked failed instead of being handed out again.
+        """
+        now = utcnow()
+        eligible = sa.or_(trials.c.status == "pending",
+                          sa.and_(trials.c.status == "running", trials.c.lease_expires_at < now))
+        query = sa.select(trials.c.trial_id, trials.c.sweep, trials.c.config_json, trials.c.attempts,
+                          trials.c.status, trials.c.worker, trials.c.shape, trials.c.reason).where(eligible)
+        if sweeps_only is not None:
+            query = query.where(trials.c.sweep.in_(list(sweeps_only)))
+        order = [trials.c.created_at, trials.c.trial_id]
+        if prefer_shape is not None:
+            order.insert(0, sa.case((trials.c.shape == prefer_shape, 0), else_=1))
+        query = query.order_by(*order).limit(1).with_for_update(skip_locked=True)
+        while True:
+            with self._begin() as conn:
+                row = conn.execute(query).first()
+                if row is None:
+                    return None
+                if row.status == "running" and row.attempts >= max_attempts:
+                    conn.execute(trials.update().where(trials.c.trial_id == row.trial_id).values(
+                        status="failed", worker=None, lease_expires_at=None, updated_at=now,
+                        error=f"lease expired on attempt {row.attempts} of {max_attempts} "
+                              f"(worker {row.worker} stopped heartbeating: killed or pre-empted)"))
+                    continue
+                attempt = row.attempts + 1
+                conn.execute(trials.update().where(trials.c.trial_id == row.trial_id).values(
+                    status="running", worker=worker, attempts=attempt, heartbeat_at=now,
+                    lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now))
+                return Claim(row.trial_id, row.sweep, json.loads(row.config_json), attempt, worker,
+                             row.shape, row.reason)
+
+    def _held(self, claim: Claim):
+        return sa.and_(trials.c.trial_id == claim.trial_id, trials.c.status == "running",
+                       trials.c.worker == claim.worker, trials.c.attempts == claim.attempt)
+
+    def _write_metrics(self, conn: sa.Connection, trial_id: str, rows: list[dict]) -> None:
+        if rows:
+            conn.execute(self._insert(metrics).on_conflict_do_nothing(index_elements=["trial_id", "step"]),
+                         [_metric_row(trial_id, r) for r in rows])
+
+    def heartbeat(self, claim: Claim, *, lease_seconds: float, metrics_rows: list[dict] = ()) -> bool:
+        """Renew the lease (and append metrics); False if the lease was lost."""
+        now = utcnow()
+        with self._begin() as conn:
+            n = conn.execute(trials.update().where(self._held(claim)).values(
+                heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))).rowcount
+            if n == 1:
+                self._write_metrics(conn, claim.trial_id, list(metrics_rows))
+        return n == 1
+
+    def complete(self, claim: Claim, status: str, result: dict, metrics_rows: list[dict] = ()) -> bool:
+        """Record the result iff this worker still holds the lease; False otherwise."""
+        if status not in ("done", "diverged"):
+            raise ValueError(f"status: {status!r}; complete() takes 'done' or 'diverged'")
+        values = {k: _finite_or_none(result.get(k)) for k in RESULT_FIELDS if k in result}
+        now = utcnow()
+        with self._begin() as conn:
+            n = conn.execute(trials.update().where(self._held(claim)).values(
+                status=status, lease_expires_at=None, heartbeat_at=now, updated_at=now, error=None,
+                **values)).rowcount
+            if n == 1:
+                self._write_metrics(conn, claim.trial_id, list(metrics_rows))
+        return n == 1
+
+    def fail(self, claim: Claim, error: str, *, max_attempts: int) -> str | None:
+        """Record an attempt's error: back to pending, or `failed` once attempts run out."""
+        status = "failed" if claim.attempt >= max_attempts else "pending"
+        with self._begin() as conn:
+            n = conn.execute(trials.update().where(self._held(claim)).values(
+                status=status, error=error[:4000], worker=None, lease_expires_at=None,
+                updated_at=utcnow())).rowcount
+        return status if n == 1 else None
+
+    def release(self, claim: Claim) -> bool:
+        """Give a trial back untried (graceful stop): pending, the attempt not counted."""
+        with self._begin() as conn:
+            return conn.execute(trials.update().where(self._held(claim)).values(
+                status="pending", worker=None, lease_expires_at=None, attempts=claim.attempt - 1,
+                updated_at=utcnow())).rowcount == 1
+
+    # -- reading
+
+    def counts(self, sweep: str | None = None) -> dict[str, dict[str, int]]:
+        """{sweep: {status: n}} with every status present."""
+        q = sa.select(trials.c.sweep, trials.c.status, sa.func.count()).group_by(trials.c.sweep, trials.c.status)
+        if sweep is not None:
+            q = q.where(trials.c.sweep == sweep)
+        out: dict[str, dict[str, int]] = {}
+        with self._begin() as conn:
+            for s, st, n in conn.execute(q):
+                out.setdefault(s, {k: 0 for k in schema.TRIAL_STATUSES})[st] = n
+        return out
+
+    def rows(self, sweep: str | None = None, *, where=None) -> list[dict]:
+        q = sa.select(trials)
+        if sweep is not None:
+            q = q.where(trials.c.sweep == sweep)
+        if where is not None:
+            q = q.where(where)
+        with self._begin() as conn:
+            return [dict(r._mapping) for r in conn.execute(q.order_by(trials.c.created_at, trials.c.trial_id))]
+
+    def metrics_rows(self, trial_id: str) -> list[dict]:
+        with self._begin() as conn:
+            return [dict(r._mapping) for r in conn.execute(
+                sa.select(metrics).where(metrics.c.trial_id == trial_id).order_by(metrics.c.step))]
+
+    def active(self, sweeps_only: Iterable[str] | None = None) -> int:
+        """Trials still pending or running (in the given sweeps)."""
+        q = sa.select(sa.func.count()).where(trials.c.status.in_(("pending", "running")))
+        if sweeps_only is not None:
+            q = q.where(trials.c.sweep.in_(list(sweeps_only)))
+        with self._begin() as conn:
+            return conn.execute(q).scalar_one()
+
+    def insert_results(self, rows: list[dict]) -> int:
+        """Imported runs (already finished elsewhere): idempotent by trial_id."""
+        if not rows:
+            return 0
+        with self._begin() as conn:
+            have = set(conn.execute(sa.select(trials.c.trial_id).where(
+                trials.c.trial_id.in_([r["trial_id"] for r in rows]))).scalars())
+            todo = [r for r in rows if r["trial_id"] not in have]
+            if todo:
+                conn.execute(self._insert(trials).on_conflict_do_nothing(index_elements=["trial_id"]), todo)
+        return len(todo)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+class _Tx:
+    """`with store._begin() as conn`: one transaction, backend errors as one clear line."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.cm = None
+
+    def __enter__(self) -> sa.Connection:
+        try:
+            self.cm = self.store.engine.begin()
+            return self.cm.__enter__()
+        except Exception as err:  # noqa: BLE001 - re-raised as one clear line
+            raise _translate(err, self.store) from None
+
+    def __exit__(self, et, ev, tb):
+        try:
+            return self.cm.__exit__(et, ev, tb)
+        except (RuntimeFailure, BadInput):
+            raise
+        except Exception as err:  # noqa: BLE001
+            raise _translate(err, self.store) from None
+
+
+def _translate(err: Exception, store: Store) -> Exception:
+    if isinstance(err, (RuntimeFailure, BadInput)):
+        return err
+    orig = getattr(err, "orig", err)
+    where = safe_url(store.url)
+    if isinstance(orig, sqlite3.DatabaseError) and "not a database" in str(orig):
+        return RuntimeFailure(f"store: {store.engine.url.database} is not a valid SQLite database "
+                              "(corrupt or another file); nothing was changed: move it aside or use another --store")
+    if isinstance(orig, sqlite3.DatabaseError) and "malformed" in str(orig):
+        return RuntimeFailure(f"store: {store.engine.url.database} is corrupt ({_one_line(orig)}); "
+                              "nothing was changed: restore a copy or use another --store")
+    if isinstance(err, exc.OperationalError) or isinstance(err, exc.InterfaceError):
+        return RuntimeFailure(f"store: cannot reach {where} ({_one_line(err)}); check the server is up "
+                              "and the URL is right")
+    return err
+
+
+def _metric_row(trial_id: str, r: dict) -> dict:
+    return dict(trial_id=trial_id, step=int(r["step"]), examples_seen=int(r.get("examples_seen", 0)),
+                train_loss=_finite_or_none(r.get("train_loss")), heldout_loss=_finite_or_none(r.get("heldout_loss")),
+                heldout_accuracy=_finite_or_none(r.get("heldout_accuracy")), lr=_finite_or_none(r.get("lr")),
+                wall_time=_finite_or_none(r.get("wall_time")))
+
+
+def _finite_or_none(v):
+    """NaN/inf do not round-trip through PostgreSQL floats cleanly; a diverged loss is NULL."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _safe_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:100]
