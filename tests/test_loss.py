@@ -26,7 +26,8 @@ def test_cross_entropy_matches_numpy_and_is_stable():
     out = per_example_cross_entropy(big, jnp.array([0, 0]))
     np.testing.assert_allclose(out, [0.0, 1e4], rtol=1e-6)
     # bf16 logits are computed in float32.
-    assert per_example_cross_entropy(big.astype(jnp.bfloat16), jnp.array([0, 0])).dtype == jnp.float32
+    bf16 = per_example_cross_entropy(big.astype(jnp.bfloat16), jnp.array([0, 0]))
+    assert bf16.dtype == jnp.float32
 
 
 def test_label_smoothing_matches_smoothed_one_hot_targets():

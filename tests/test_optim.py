@@ -90,7 +90,8 @@ def _direction_only(**kw):
 
 
 def test_agc_matches_reference_formula():
-    """REFERENCE.md s2: if ||G_i|| / max(||W_i||, eps) > lam, G_i *= lam max(||W_i||, eps) / ||G_i||."""
+    """REFERENCE.md s2: if ||G_i|| / max(||W_i||, eps) > lam then
+    G_i *= lam * max(||W_i||, eps) / ||G_i||."""
     lam, eps = 0.01, 1e-3
     # Conv HWIO (1, 1, 2, 2): output unit 0 has W = (3, 4), ||W|| = 5, max norm 0.05;
     # unit 1 has W = 0 -> floor eps, max norm 1e-5.

@@ -97,7 +97,8 @@ def test_budget_to_steps():
 def test_unit_parsing_and_messages():
     assert units.parse_unit("H100-Hours").name == "h100-chip-hours"
     assert units.parse_unit("tpu_v4_core_hours").name == "tpu-v4-core-hours"
-    with pytest.raises(BadInput, match=r"unit: unknown unit 'tpu-v4-core-hour'; did you mean 'tpu-v4-core-hours'\?"):
+    did_you_mean = r"unit: unknown unit 'tpu-v4-core-hour'; did you mean 'tpu-v4-core-hours'\?"
+    with pytest.raises(BadInput, match=did_you_mean):
         units.parse_unit("tpu-v4-core-hour")
     with pytest.raises(BadInput, match="use 'cpu-core-hours'"):
         units.parse_unit("cpu-chip-hours")
