@@ -172,7 +172,8 @@ def hardware(name: str | HardwareProfile) -> HardwareProfile:
 
 def hardware_for_device_kind(device_kind: str) -> str:
     """Table name for a jax `Device.device_kind` (e.g. 'TPU v4', 'NVIDIA H100 80GB
-    HBM3', 'cpu'). Longest matching kind wins ('TPU v5 lite' before 'TPU v5')."""
+    HBM3', 'cpu'). Longest matching kind wins ('TPU v5 lite' before 'TPU v5'). An H100
+    PCIe is refused: its peak differs from the SXM figure in the table."""
     kind = device_kind.strip().lower()
     matches = [
         (len(k), p.name)
@@ -180,6 +181,8 @@ def hardware_for_device_kind(device_kind: str) -> str:
         for k in p.device_kinds
         if (kind.startswith(k.lower()) if k.startswith("TPU") else k.lower() in kind)
     ]
+    if "h100" in kind and "pcie" in kind:  # 756 TFLOP/s, not the SXM row's 989
+        matches = []
     if not matches:
         raise BadInput(
             f"hardware: no profile for device kind {device_kind!r}; pass --hardware "

@@ -193,3 +193,13 @@ def test_one_compilation_serves_every_lr_and_run_length():
     assert len(traces) == 1
     assert step._cache_size() == 1
     assert not np.allclose(outs[0], outs[1])  # the LR really reached the update
+
+
+def test_agc_acts_before_weight_decay():
+    """Order per [B21]: the decay term W * wd is added AFTER clipping, so it is never
+    clipped itself. W unit (3, 4): clip threshold 0.01 * 5 = 0.05 < ||0.1 W|| = 0.5."""
+    tx = make_optimizer(OptimConfig(weight_decay=0.1, momentum=0.0))
+    params = {"fc": {"kernel": jnp.array([[3.0], [4.0]])}}
+    grads = {"fc": {"kernel": jnp.array([[0.3], [0.4]])}}  # clipped to norm 0.05
+    out, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(out["fc"]["kernel"], [[0.03 + 0.3], [0.04 + 0.4]], rtol=1e-6)

@@ -124,8 +124,17 @@ def test_device_kinds():
     assert units.hardware_for_device_kind("cpu") == "cpu"
     with pytest.raises(BadInput, match="no profile"):
         units.hardware_for_device_kind("Tesla V100")
+    with pytest.raises(BadInput, match="no profile"):
+        units.hardware_for_device_kind("NVIDIA H100 PCIe")
 
 
 def test_units_module_does_not_import_jax():
     code = "import sys, scaling.units; assert 'jax' not in sys.modules, 'jax imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cpu_calibration_measures_a_plausible_rate():
+    peak = units.measure_cpu_peak_per_core(size=256, repeats=2)
+    assert 1e8 < peak < 1e13  # 0.1 GFLOP/s .. 10 TFLOP/s per core
+    prof = units.with_peak("cpu", peak, "measured in test")
+    assert prof.peak_flops_per_core == peak and prof.name == "cpu"
