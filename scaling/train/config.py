@@ -30,7 +30,8 @@ class TrainConfig:
     budget/unit: compute budget in any unit of scaling.units ("tpu-v4-core-hours",
                  "flops", ...); converted to steps by `scaling.train.budget.plan_steps`.
     lr:          peak learning rate of the warmup + cosine schedule over this run's steps.
-    resolution:  train resolution (None: the model's train resolution [B21]);
+    resolution:  train resolution (None: the dataset's native one, e.g. 32 for the
+                 procedural set, else the model's train resolution [B21]);
     eval_resolution: held-out resolution (None: same as `resolution`).
     optimizer:   overrides of scaling.optim.OptimConfig fields (e.g. {"weight_decay": 0}).
     eval_points: held-out evaluations along the way (besides the final one), evenly spaced.

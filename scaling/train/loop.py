@@ -203,7 +203,10 @@ class _Run:
         self.dataset = get_dataset(config.dataset)
         self.model_cfg = _model_config(config, self.dataset.num_classes)
         self.optim_cfg = _optim_config(config)
-        self.resolution = config.resolution or self.model_cfg.train_resolution
+        # Default: the dataset's native size if it has one (the procedural set renders at
+        # 32 px), else the model's train resolution [B21].
+        self.resolution = (config.resolution or self.dataset.native_resolution
+                           or self.model_cfg.train_resolution)
         self.eval_resolution = config.eval_resolution or self.resolution
         self.counts = count(self.model_cfg, self.resolution)
         self.plan = plan_steps(epochs=config.epochs, budget=config.budget, unit=config.unit,
@@ -246,18 +249,24 @@ class _Run:
         from scaling.data import heldout_batches
 
         total = {"loss_sum": 0.0, "correct_sum": 0.0, "weight_sum": 0.0}
-        n, pi = jax.process_count(), jax.process_index()
-        for batch in heldout_batches(self.dataset, batch_size=self.config.batch_size,
-                                     resolution=self.eval_resolution):
-            # Every process reads the same global batch and feeds its own rows.
-            rows = self.config.batch_size // n
-            local = {"image": batch["image"], "label": batch["label"], "mask": batch["mask"]}
-            local = {k: np.asarray(v)[pi * rows:(pi + 1) * rows] for k, v in local.items()}
+        for local in heldout_batches(self.dataset, batch_size=self.config.batch_size,
+                                     resolution=self.eval_resolution,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count()):
+            local = {k: np.asarray(local[k]) for k in ("image", "label", "mask")}
             sums = self.eval_step(params, step_mod.global_batch(local, self.mesh))
             for k in total:
                 total[k] += float(sums[k])
             self.heartbeat()
         return total["loss_sum"] / total["weight_sum"], total["correct_sum"] / total["weight_sum"]
+
+    def timed_evaluate(self, params) -> tuple[float, float]:
+        """evaluate(), its time added to eval_seconds less any compilation inside it."""
+        te, compile0 = time.monotonic(), self.counters["compile_seconds"]
+        out = self.evaluate(params)
+        self.counters["eval_seconds"] += (time.monotonic() - te
+                                          - (self.counters["compile_seconds"] - compile0))
+        return out
 
     # ---- life cycle ---------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -354,9 +363,7 @@ class _Run:
                 row = {"step": step, "examples_seen": counters["examples_seen"], "train_loss": loss,
                        "lr": lr, "wall_time": time.time()}
                 if step in evals:
-                    te = time.monotonic()
-                    hl, ha = self.evaluate(state["params"])
-                    counters["eval_seconds"] += time.monotonic() - te
+                    hl, ha = self.timed_evaluate(state["params"])
                     counters.update(heldout_loss=hl, heldout_accuracy=ha, heldout_step=step)
                     row.update(heldout_loss=hl, heldout_accuracy=ha)
                 if step in evals or step % log_every == 0:
@@ -373,9 +380,7 @@ class _Run:
             if status == "done" and counters["heldout_step"] != total_steps:
                 # Resumed after the final checkpoint: the final evaluation is redone
                 # (deterministic, so the same number).
-                te = time.monotonic()
-                hl, ha = self.evaluate(state["params"])
-                counters["eval_seconds"] += time.monotonic() - te
+                hl, ha = self.timed_evaluate(state["params"])
                 counters.update(heldout_loss=hl, heldout_accuracy=ha, heldout_step=total_steps)
         finally:
             if bar is not None:
