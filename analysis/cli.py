@@ -1,0 +1,115 @@
+"""`scaling analyze` and `scaling plan` (mounted by scaling/cli.py).
+
+Heavy imports (pandas, scipy, matplotlib) happen inside the commands; `plan` never
+imports matplotlib. Bad input raises BadInput (exit 2); "nothing can be said" raises
+RuntimeFailure (exit 1) after the report with its notes has been written.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from scaling.errors import BadInput, RuntimeFailure
+
+DEFAULT_STORE = "sqlite:///results/runs.db"  # DESIGN.md, results store
+
+_STORE = typer.Option(None, "--store", help=f"Results store URL (default {DEFAULT_STORE}).")
+_CSV = typer.Option(None, "--csv", help="CSV of runs (columns as `scaling results import`).")
+_DATASET = typer.Option(None, "--dataset", help="Analyse only runs on this dataset.")
+
+
+def _load(store, csv, dataset):
+    from analysis.load import load_runs
+
+    if store is None and csv is None:
+        store = DEFAULT_STORE
+    return load_runs(store=store, csv=csv, dataset=dataset)
+
+
+def _check_level(level: float) -> None:
+    if not 0 < level < 1:
+        raise BadInput(f"--level: {level} must be in (0, 1), e.g. 0.95")
+
+
+def analyze(
+    store: Optional[str] = _STORE,
+    csv: Optional[Path] = _CSV,
+    out: Path = typer.Option(Path("results/report"), "--out", help="Directory for figures and report.html."),
+    unit: str = typer.Option("flops", "--unit", help="Compute unit of the plots' x axes, e.g. tpu-v4-core-hours."),
+    resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples (>= 1000 for the report)."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    level: float = typer.Option(0.95, "--level", help="Confidence level of the intervals."),
+    dataset: Optional[str] = _DATASET,
+    as_json: bool = typer.Option(False, "--json", help="Print the fit summary as JSON."),
+) -> None:
+    """Fit the laws, draw the figures and write report.html into --out."""
+    from scaling import units
+
+    _check_level(level)
+    if resamples < 0:
+        raise BadInput(f"--resamples: {resamples} must be >= 0 (1000 or more for reported intervals)")
+    if units.parse_unit(unit).kind == "epochs":
+        raise BadInput("--unit: epochs depend on the model, so they cannot be a compute axis; use flops or hours")
+    runs, notes = _load(store, csv, dataset)
+    from analysis import report
+    from analysis.pipeline import run_analysis
+
+    result = run_analysis(runs, notes, resamples=resamples, seed=seed, level=level)
+    path = report.write_report(result, out, unit=unit)
+    summary = result.to_dict()
+    summary["report"] = str(path)
+    if as_json:
+        typer.echo(json.dumps(summary, default=_jsonable, indent=2))
+    else:
+        typer.echo(f"report: {path}")
+        for note in result.notes:
+            typer.echo(f"note: {note}")
+    if result.opt.empty:
+        raise RuntimeFailure(f"nothing to analyse: {'; '.join(result.notes)} (report written to {path})")
+
+
+def plan(
+    budget: float = typer.Option(..., "--budget", help="Compute budget, in --unit."),
+    unit: str = typer.Option(..., "--unit", help="flops, epochs, tpu-v4-core-hours, h100-hours, cpu-core-hours, ..."),
+    store: Optional[str] = _STORE,
+    csv: Optional[Path] = _CSV,
+    extrapolate: bool = typer.Option(False, "--extrapolate", help="Allow budgets far outside the fitted runs."),
+    utilization: Optional[float] = typer.Option(None, "--utilization", help="Fraction of peak for hour units."),
+    level: float = typer.Option(0.95, "--level", help="Confidence level of the intervals."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    dataset: Optional[str] = _DATASET,
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """Recommend model, epochs and peak LR for a budget, with the predicted loss."""
+    from scaling import units
+
+    _check_level(level)
+    units.parse_unit(unit)  # bad unit -> exit 2 before any loading
+    runs, notes = _load(store, csv, dataset)
+    from analysis import planner
+    from analysis.pipeline import run_analysis
+
+    result = run_analysis(runs, notes, resamples=planner.PLAN_RESAMPLES, seed=seed, level=level,
+                          laws=False, backtest=False)
+    if result.opt.empty:
+        raise RuntimeFailure(f"cannot plan: {'; '.join(result.notes)}")
+    p = planner.plan(result, budget, unit, extrapolate=extrapolate, utilization=utilization, level=level)
+    typer.echo(json.dumps(p, default=_jsonable, indent=2) if as_json else planner.format_plan(p))
+
+
+def _jsonable(obj):
+    import numpy as np
+
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("analyze")(analyze)
+    app.command("plan")(plan)

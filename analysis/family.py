@@ -1,0 +1,68 @@
+"""Candidate NFNet family members for the planner, counted without jax.
+
+The one place `analysis` calls `scaling.models` (config + counts, both pure Python).
+A recommendation is a concrete family member (depth and width multipliers) whose
+parameter count is closest in log to N_opt, plus the nearest named preset F0..F7(+).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_RESOLUTION = 224  # [S23] trains at 224x224 (REFERENCE.md s1)
+# Depth multipliers searched: quarter-octave steps from 1/8 to 16 (F7 is depth 8).
+DEPTHS = tuple(float(2 ** (k / 4)) for k in range(-12, 17))
+
+
+def _count(cfg, resolution):
+    from scaling.models.counts import count
+
+    c = count(cfg, resolution)
+    return float(c.params), float(c.flops)
+
+
+def infer_num_classes(runs: pd.DataFrame, resolution: int) -> int:
+    """Classes implied by an observed model's parameter count (params are linear in the
+    number of classes through the classifier); 1000 ([B21]) when nothing is known."""
+    from scaling.models.config import family_config
+
+    known = runs.dropna(subset=["depth_mult", "width_mult", "params"])
+    if known.empty:
+        return 1000
+    row = known.iloc[0]
+    try:
+        p1 = _count(family_config(row["depth_mult"], row["width_mult"], num_classes=1), resolution)[0]
+        p2 = _count(family_config(row["depth_mult"], row["width_mult"], num_classes=2), resolution)[0]
+    except Exception:  # noqa: BLE001 - an unknown architecture: fall back to the default
+        return 1000
+    return max(1, int(round((row["params"] - p1) / (p2 - p1))) + 1)
+
+
+def candidates(runs: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
+    """Family members to recommend from: (table, resolution, num_classes)."""
+    from scaling.models.config import PRESETS, family_config, get_config
+
+    res = runs["resolution"].dropna() if "resolution" in runs else pd.Series(dtype=float)
+    resolution = int(res.median()) if len(res) else DEFAULT_RESOLUTION
+    num_classes = infer_num_classes(runs, resolution)
+    widths = sorted(set(runs["width_mult"].dropna().astype(float))) or [1.0]
+    rows = []
+    for w in widths:
+        for d in DEPTHS:
+            params, flops = _count(family_config(d, w, num_classes=num_classes), resolution)
+            rows.append({"name": f"nfnet-d{d:.3g}-w{w:g}", "depth_mult": d, "width_mult": w, "params": params,
+                         "flops_per_example": flops, "named": False})
+    for base in PRESETS:
+        for plus in ("", "+"):
+            cfg = get_config(base + plus, num_classes=num_classes)
+            params, flops = _count(cfg, resolution)
+            rows.append({"name": base + plus, "depth_mult": cfg.depth_mult,
+                         # "+" widens stages unevenly (REFERENCE.md s1): no single multiplier
+                         "width_mult": float("nan") if plus else 1.0, "params": params,
+                         "flops_per_example": flops, "named": True})
+    return pd.DataFrame(rows), resolution, num_classes
+
+
+def nearest(table: pd.DataFrame, params: float, named: bool | None = None) -> pd.Series:
+    t = table if named is None else table[table["named"] == named]
+    return t.iloc[int(np.argmin(np.abs(np.log(t["params"].to_numpy()) - np.log(params))))]

@@ -1,0 +1,112 @@
+"""Orchestration: runs -> lr optima -> frontier laws, Approach 3, backtest, IsoFLOP.
+
+Each step is independent of the others' success: a step that cannot be done (too few
+points, one model, ...) leaves its result as None and adds a note saying why, so the
+report always says as much as the data allows and never shows a traceback.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from analysis import chinchilla, frontier, lr
+
+DEFAULT_RESAMPLES = 1000  # issue 6: at least 1000 bootstrap resamples
+DEFAULT_LEVEL = 0.95
+
+
+@dataclass
+class Analysis:
+    runs: pd.DataFrame
+    notes: list[str]
+    opt: pd.DataFrame
+    trend: pd.DataFrame
+    laws: dict[str, frontier.LawFit] = field(default_factory=dict)
+    backtest: pd.DataFrame = field(default_factory=pd.DataFrame)
+    approach3: chinchilla.ChinchillaFit | None = None
+    isoflop: pd.DataFrame = field(default_factory=pd.DataFrame)
+    level: float = DEFAULT_LEVEL
+    resamples: int = DEFAULT_RESAMPLES
+    seed: int = 0
+
+    @property
+    def dataset_size(self) -> float:
+        """Training-set size implied by the runs (examples_seen / epochs), NaN if unknown."""
+        r = self.runs.dropna(subset=["epochs"])
+        r = r[r["epochs"] > 0]
+        return float(np.median(r["examples_seen"] / r["epochs"])) if len(r) else float("nan")
+
+    @property
+    def batch_size(self) -> float:
+        b = self.runs["batch_size"].dropna()
+        return float(b.mode().iloc[0]) if len(b) else float("nan")
+
+    @property
+    def compute_range(self) -> tuple[float, float]:
+        c = self.opt["train_flops"].dropna()
+        return (float(c.min()), float(c.max())) if len(c) else (float("nan"), float("nan"))
+
+    def to_dict(self) -> dict:
+        out = {"notes": self.notes, "n_runs": len(self.runs), "n_optima": len(self.opt),
+               "resamples": self.resamples, "seed": self.seed, "level": self.level,
+               "dataset_size": self.dataset_size, "compute_range_flops": self.compute_range,
+               "laws": {k: v.to_dict() for k, v in self.laws.items()},
+               "approach3": self.approach3.to_dict() if self.approach3 else None,
+               "lr_trend": self.trend.to_dict(orient="records"),
+               "backtest": self.backtest.to_dict(orient="records")}
+        return out
+
+
+_FIT_ERRORS = (ValueError, np.linalg.LinAlgError, FloatingPointError)
+
+
+def run_analysis(runs: pd.DataFrame, notes: list[str] | None = None, resamples: int = DEFAULT_RESAMPLES,
+                 seed: int = 0, level: float = DEFAULT_LEVEL, laws: bool = True, backtest: bool = True,
+                 approach3: bool = True) -> Analysis:
+    notes = list(notes or [])
+    opt = lr.optimal_lr(runs) if len(runs) else lr.optimal_lr(runs.iloc[:0])
+    trend = lr.lr_trend(opt)
+    res = Analysis(runs, notes, opt, trend, level=level, resamples=resamples, seed=seed)
+    if opt.empty:
+        notes.append("no finished runs with a finite held-out loss: nothing to fit")
+        return res
+    edges = opt[opt["edge"] != ""]
+    if len(edges):
+        where = ", ".join(f"{r.model}@{r.epochs:g}ep ({r.edge})" for r in edges.itertuples())
+        notes.append(f"{len(edges)} lr optimum(s) not bracketed by the grid (edge; extend the lr grid): {where}")
+    if trend["s"].isna().all():
+        notes.append("lr trend: needs >= 2 epoch budgets per model; none has them")
+    if opt["model"].nunique() < 2:
+        notes.append("only one model: the frontier is that model's curve; N_opt cannot be fitted")
+    c, l = opt["train_flops"].to_numpy(float), opt["heldout_loss"].to_numpy(float)
+    if laws:
+        for i, form in enumerate(frontier.FORMS):
+            try:
+                res.laws[form] = frontier.fit_law(form, c, l, resamples=resamples, seed=seed + i, level=level)
+            except _FIT_ERRORS as err:
+                notes.append(f"frontier law '{form}' not fitted: {err}")
+    if backtest:
+        try:
+            res.backtest = frontier.backtest(c, l)
+            if res.backtest.empty:
+                notes.append("backtest: too few frontier points to hold any out")
+        except _FIT_ERRORS as err:
+            notes.append(f"backtest not done: {err}")
+    if approach3:
+        try:
+            res.approach3 = chinchilla.fit_approach3(opt, resamples=resamples, seed=seed + 7, level=level)
+        except _FIT_ERRORS as err:
+            notes.append(f"Approach 3 (N_opt, D_opt) not fitted: {err}")
+        try:
+            res.isoflop = chinchilla.isoflop_profiles(opt, res.approach3)
+        except _FIT_ERRORS as err:
+            notes.append(f"IsoFLOP profiles not computed: {err}")
+    for name, fit in [*res.laws.items(), ("approach3", res.approach3)]:
+        if fit is not None and not fit.success:
+            notes.append(f"fit '{name}' did not meet the convergence test: {fit.status}")
+        if fit is not None and resamples and fit.converged_fraction < 0.95:
+            notes.append(f"fit '{name}': only {fit.converged_fraction:.0%} of bootstrap resamples converged "
+                         "or had enough distinct points; intervals use those")
+    return res

@@ -1,0 +1,122 @@
+"""`scaling plan`: what to train for a compute budget.
+
+From an Analysis (lr optima, lr trend, Approach 3 fit): N_opt and D_opt at the budget,
+the family member closest to N_opt (and the nearest named preset), its epoch budget
+(the budget spent on that member's OWN FLOPs per example), its peak lr from the lr
+trend, and its predicted held-out loss with a bootstrap interval.
+
+Speed (< 1 s, issue 6): the planner fits only what it needs (lr optima, Approach 3)
+with PLAN_RESAMPLES bootstrap resamples instead of the report's 1000: enough for a
+95% percentile interval of a prediction, and measured in bench/bench_analysis.py.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.optimize import brentq
+
+from analysis import family, fitting, lr
+from analysis.pipeline import Analysis
+from scaling import units
+from scaling.errors import BadInput, RuntimeFailure
+
+PLAN_RESAMPLES = 200  # modest bootstrap for the planner (see module docstring)
+# Budgets more than this many orders of magnitude outside the fitted compute range are
+# refused without --extrapolate ([A22]: check the backtest before trusting a law further).
+MAX_DECADES_OUTSIDE = 1.0
+
+
+def _epochs_to_flops(epochs: float, a: Analysis) -> float:
+    """An epoch budget is taken as epochs of the compute-optimal model: solve D_opt(C) = epochs x dataset."""
+    target = epochs * a.dataset_size
+    lo, hi = math.log(a.compute_range[0]) - 30, math.log(a.compute_range[1]) + 30
+    f = lambda logc: math.log(a.approach3.optimal(math.exp(logc))[1]) - math.log(target)  # noqa: E731
+    return math.exp(brentq(f, lo, hi, xtol=1e-10))
+
+
+def plan(a: Analysis, budget: float, unit: str, extrapolate: bool = False, utilization: float | None = None,
+         level: float | None = None) -> dict:
+    level = a.level if level is None else level
+    parsed = units.parse_unit(unit)
+    if a.approach3 is None:
+        why = "; ".join(n for n in a.notes if "Approach 3" in n) or "no fit"
+        raise RuntimeFailure(f"cannot plan: the compute-optimal law could not be fitted ({why})")
+    size = a.dataset_size
+    if parsed.kind == "epochs":
+        if not math.isfinite(size):
+            raise BadInput("--unit: 'epochs' needs the dataset size, and the runs have no epochs column; use FLOPs or hours")
+        if not (budget > 0 and math.isfinite(budget)):
+            raise BadInput(f"--budget: {budget!r} must be a finite number > 0")
+        flops = _epochs_to_flops(budget, a)
+    else:
+        flops = units.to_flops(budget, parsed, utilization=utilization)
+    if not flops > 0:
+        raise BadInput(f"--budget: {budget!r} must be > 0")
+    cmin, cmax = a.compute_range
+    outside = max(0.0, math.log10(flops / cmax), math.log10(cmin / flops))
+    if outside > MAX_DECADES_OUTSIDE and not extrapolate:
+        side = "above the largest" if flops > cmax else "below the smallest"
+        raise BadInput(f"--budget: {flops:.3g} FLOPs is {outside:.1f} orders of magnitude {side} fitted run "
+                       f"({cmin:.3g}..{cmax:.3g} FLOPs); pass --extrapolate to plan anyway, or run trials nearer it")
+    fit = a.approach3
+    n_opt, d_opt = (float(v) for v in fit.optimal(flops))
+    n_s, d_s = fit.optimal_samples([flops])
+    table, resolution, num_classes = family.candidates(a.runs)
+    member = family.nearest(table, n_opt)
+    named = family.nearest(table, n_opt, named=True)
+    examples = flops / (3.0 * member["flops_per_example"])  # train = 3 x forward (DESIGN.md)
+    epochs = examples / size if math.isfinite(size) else float("nan")
+    batch = a.batch_size
+    loss = float(fit.predict(member["params"], examples))
+    loss_s = fit.predict(np.array([member["params"]]), np.array([examples]), samples=True)[:, 0]
+    peak_lr = lr.predict_lr(a.trend, member["params"], epochs) if math.isfinite(epochs) else float("nan")
+    every = units.all_units(flops, utilization, dataset_size=size if math.isfinite(size) else None,
+                            train_flops_per_example=3.0 * member["flops_per_example"])
+    law = a.laws.get("offset") or a.laws.get("power")
+    return {
+        "budget": {"value": budget, "unit": parsed.name, "flops": flops, "in_units": every},
+        "fitted_compute_range_flops": [cmin, cmax], "decades_outside": outside, "extrapolated": outside > 0,
+        "compute_optimal": {
+            "params": n_opt, "params_interval": fitting.interval(n_s[:, 0], level),
+            "examples": d_opt, "examples_interval": fitting.interval(d_s[:, 0], level),
+            "epochs": d_opt / size if math.isfinite(size) else None,
+            "exponents": fit.exponents(), "flops_per_example_law": {"c": fit.flops.c, "gamma": fit.flops.gamma},
+        },
+        "recommended": {
+            "model": member["name"], "depth_mult": float(member["depth_mult"]),
+            "width_mult": float(member["width_mult"]), "params": float(member["params"]),
+            "flops_per_example": float(member["flops_per_example"]), "resolution": resolution,
+            "num_classes": num_classes, "nearest_named": named["name"], "nearest_named_params": float(named["params"]),
+        },
+        "epochs": epochs, "examples": examples, "dataset_size": size, "batch_size": batch,
+        "steps": int(round(examples / batch)) if math.isfinite(batch) else None,
+        "peak_lr": peak_lr,
+        "predicted_loss": loss, "predicted_loss_interval": fitting.interval(loss_s, level), "level": level,
+        "frontier_law_loss": float(law.predict([flops])[0]) if law else None,
+        "notes": a.notes,
+    }
+
+
+def format_plan(p: dict) -> str:
+    """Human-readable plan (the --json flag prints the dict instead)."""
+    r, co = p["recommended"], p["compute_optimal"]
+    lo, hi = p["predicted_loss_interval"]
+    lines = [f"budget: {p['budget']['value']:g} {p['budget']['unit']} = {p['budget']['flops']:.3g} training FLOPs"
+             + (f"  (EXTRAPOLATED {p['decades_outside']:.1f} orders of magnitude outside the fitted runs)"
+                if p["extrapolated"] else ""),
+             f"compute-optimal size: N_opt = {co['params']:.3g} params "
+             f"[{co['params_interval'][0]:.3g}, {co['params_interval'][1]:.3g}], "
+             f"D_opt = {co['examples']:.3g} examples",
+             f"model: {r['model']} (depth x{r['depth_mult']:.3g}, width x{r['width_mult']:g}, "
+             f"{r['params']:.3g} params, {r['flops_per_example']:.3g} FLOPs/example at {r['resolution']}px); "
+             f"nearest named variant {r['nearest_named']} ({r['nearest_named_params']:.3g} params)",
+             f"epochs: {p['epochs']:.3g} ({p['examples']:.3g} examples of a {p['dataset_size']:.3g}-example dataset); "
+             f"steps: {p['steps']} at batch {p['batch_size']:g}" if p["steps"] is not None else
+             f"examples: {p['examples']:.3g}",
+             f"peak lr: {p['peak_lr']:.3g}",
+             f"predicted held-out loss: {p['predicted_loss']:.4g} ({p['level']:.0%} interval {lo:.4g}..{hi:.4g})",
+             "budget in every unit:"]
+    lines += [f"  {k:>22}: {v:.4g}" for k, v in p["budget"]["in_units"].items()]
+    lines += [f"note: {n}" for n in p["notes"]]
+    return "\n".join(lines)

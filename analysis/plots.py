@@ -1,0 +1,215 @@
+"""The report's figures (matplotlib, Agg backend). One function per figure; each returns
+a Figure or None when the analysis has nothing to draw for it.
+
+Compute axes are in the user's unit: FLOPs divided by `per_unit` (FLOPs per unit), a pure
+rescaling, so the fitted laws are drawn from their FLOP form.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis import frontier  # noqa: E402
+from analysis.pipeline import Analysis  # noqa: E402
+
+plt.rcParams.update({"figure.dpi": 110, "font.size": 10, "axes.grid": True, "grid.alpha": 0.3})
+LAW_STYLE = {"power": ("black", "--", "L = k C^-b"), "offset": ("tab:red", "-", "L = E + k C^-b")}
+
+
+def _colors(models):
+    cmap = plt.get_cmap("viridis")
+    return {m: cmap(i / max(1, len(models) - 1)) for i, m in enumerate(models)}
+
+
+def _model_order(opt: pd.DataFrame):
+    return list(opt.groupby("model")["params"].first().sort_values().index)
+
+
+def frontier_figure(a: Analysis, per_unit: float, unit: str):
+    """[S23] Fig. 2: held-out loss vs compute, one curve per model, laws with bands."""
+    opt = a.opt.dropna(subset=["train_flops", "heldout_loss"])
+    if opt.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    models = _model_order(opt)
+    colors = _colors(models)
+    for m in models:
+        g = opt[opt["model"] == m].sort_values("train_flops")
+        ax.plot(g["train_flops"] / per_unit, g["heldout_loss"], "o-", color=colors[m], ms=4, lw=1,
+                label=f"{m} ({g['params'].iloc[0]:.3g} params)")
+    on = frontier.envelope_mask(opt["train_flops"].to_numpy(float), opt["heldout_loss"].to_numpy(float))
+    ax.plot(opt["train_flops"][on] / per_unit, opt["heldout_loss"][on], "s", mfc="none", mec="k", ms=8,
+            label="frontier points")
+    grid = np.geomspace(opt["train_flops"].min() / 1.5, opt["train_flops"].max() * 1.5, 200)
+    for form, law in a.laws.items():
+        color, ls, label = LAW_STYLE[form]
+        lo, hi = law.band(grid)
+        ax.fill_between(grid / per_unit, lo, hi, color=color, alpha=0.12, lw=0)
+        ax.plot(grid / per_unit, law.predict(grid), ls, color=color,
+                label=f"{label}: b = {law.params['b']:.3f} ({a.level:.0%} band)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"training compute [{unit}]")
+    ax.set_ylabel("held-out loss [nats] (log scale)")
+    ax.set_title("Held-out loss vs compute at the optimal learning rate")
+    ax.legend(fontsize=7, loc="upper right", ncol=1 if len(models) < 8 else 2)
+    fig.tight_layout()
+    return fig
+
+
+def lr_figure(a: Analysis):
+    """[S23] Fig. 3: optimal learning rate vs epoch budget per model, with power-law fits."""
+    opt = a.opt.dropna(subset=["epochs"])
+    if opt.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    models = _model_order(opt)
+    colors = _colors(models)
+    for m in models:
+        g = opt[opt["model"] == m].sort_values("epochs")
+        inside = g["edge"] == ""
+        ax.plot(g["epochs"][inside], g["lr_opt"][inside], "o", color=colors[m], ms=5)
+        ax.plot(g["epochs"][~inside], g["lr_opt"][~inside], "o", mfc="none", mec=colors[m], ms=7)
+        t = a.trend[a.trend["model"] == m]
+        label = m
+        if len(t) and np.isfinite(t["s"].iloc[0]):
+            e = np.geomspace(g["epochs"].min(), g["epochs"].max(), 50)
+            ax.plot(e, t["c"].iloc[0] * e ** t["s"].iloc[0], "-", color=colors[m], lw=1)
+            label = f"{m}: lr = {t['c'].iloc[0]:.2g} E^{t['s'].iloc[0]:+.2f}"
+        ax.plot([], [], "o-", color=colors[m], label=label)
+    ax.plot([], [], "o", mfc="none", mec="gray", label="optimum at grid edge")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("epoch budget [epochs]")
+    ax.set_ylabel("optimal peak learning rate (log2 scale)")
+    ax.set_title("Optimal learning rate vs epoch budget")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def optimal_figure(a: Analysis, per_unit: float, unit: str):
+    """N_opt and epochs (D_opt / dataset size) vs compute, with bootstrap bands."""
+    fit = a.approach3
+    if fit is None:
+        return None
+    cmin, cmax = a.compute_range
+    grid = np.geomspace(cmin / 3, cmax * 10, 100)
+    n_opt, d_opt = fit.optimal(grid)
+    n_s, d_s = fit.optimal_samples(grid)
+    size = a.dataset_size
+    q = [(1 - a.level) / 2, (1 + a.level) / 2]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    ex = fit.exponents()
+    for ax, point, samples, name, obs in (
+        (axes[0], n_opt, n_s, "parameters N_opt", "params"),
+        (axes[1], d_opt / size if np.isfinite(size) else d_opt, d_s / size if np.isfinite(size) else d_s,
+         "epochs E_opt [epochs]" if np.isfinite(size) else "examples D_opt", "examples_seen"),
+    ):
+        with np.errstate(all="ignore"):
+            lo, hi = np.nanquantile(samples, q, axis=0)
+        ax.fill_between(grid / per_unit, lo, hi, alpha=0.2, color="tab:blue", lw=0)
+        ax.plot(grid / per_unit, point, "-", color="tab:blue", label=f"Approach 3 ({a.level:.0%} band)")
+        ax.axvspan(cmax / per_unit, grid[-1] / per_unit, color="gray", alpha=0.08, label="beyond fitted runs")
+        on = frontier.envelope_mask(a.opt["train_flops"].to_numpy(float), a.opt["heldout_loss"].to_numpy(float))
+        y = a.opt[obs][on] / (size if obs == "examples_seen" and np.isfinite(size) else 1)
+        ax.plot(a.opt["train_flops"][on] / per_unit, y, "s", mfc="none", mec="k", label="frontier runs")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"training compute [{unit}]")
+        ax.set_ylabel(name)
+        ax.legend(fontsize=7)
+    axes[0].set_title(f"N_opt ~ C^{ex['a_N']:.2f}")
+    axes[1].set_title(f"D_opt ~ C^{ex['a_D']:.2f}")
+    fig.tight_layout()
+    return fig
+
+
+def isoflop_figure(a: Analysis, per_unit: float, unit: str):
+    """[H22] Approach 2 view: loss vs params in compute bins, with Approach 3's IsoFLOP curves."""
+    iso = a.isoflop
+    if iso is None or iso.empty or a.approach3 is None:
+        return None
+    fit = a.approach3
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    pts = a.opt.copy()
+    pts["bin"] = np.floor(np.log10(pts["train_flops"]) / 0.5).astype(int)
+    bins = sorted(pts["bin"].unique())
+    cmap = plt.get_cmap("plasma")
+    n_grid = np.geomspace(pts["params"].min() / 3, pts["params"].max() * 3, 100)
+    for i, (b, row) in enumerate(zip(bins, iso.itertuples())):
+        color = cmap(i / max(1, len(bins) - 1) * 0.85)
+        g = pts[pts["bin"] == b]
+        ax.plot(g["params"], g["heldout_loss"], "o", color=color, ms=5)
+        d = row.compute / (3 * fit.flops(n_grid))
+        ax.plot(n_grid, fit.predict(n_grid, d), "-", color=color, lw=1,
+                label=f"C ~ {row.compute / per_unit:.3g} {unit}")
+        if np.isfinite(row.n_parabola):
+            ax.axvline(row.n_parabola, color=color, ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters N")
+    ax.set_ylabel("held-out loss [nats]")
+    ax.set_title("IsoFLOP view (dotted: parabola minimum per bin)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def vit_figure(reference: pd.DataFrame, a: Analysis | None = None):
+    """[S23] Fig. 1: ImageNet top-1 vs TPU-v4 core hours for the published points, and the
+    project's own families (held-out accuracy) when the store holds more than one."""
+    fams = _families(a.opt) if a is not None else {}
+    own = len(fams) > 1
+    fig, axes = plt.subplots(1, 2 if own else 1, figsize=(11 if own else 6.5, 4.5), squeeze=False)
+    ax = axes[0, 0]
+    for fam, g in reference.groupby("family"):
+        marker = "o" if fam == "NFNet" else "^"
+        ax.plot(g["tpu_v4_core_hours"], g["imagenet_top1"], marker, ms=8, label=fam)
+        for r in g.itertuples():
+            ax.annotate(r.model, (r.tpu_v4_core_hours, r.imagenet_top1), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("pre-training compute [TPU-v4 core hours]")
+    ax.set_ylabel("ImageNet top-1 after fine-tuning [%]")
+    ax.set_title("Published points ([S23] Fig. 1)")
+    ax.legend(fontsize=8)
+    if own:
+        from scaling import units
+
+        ax2 = axes[0, 1]
+        per = units.to_flops(1.0, "tpu-v4-core-hours")
+        for fam, g in fams.items():
+            y = g["heldout_accuracy"] * 100 if g["heldout_accuracy"].notna().any() else g["heldout_loss"]
+            ax2.plot(g["train_flops"] / per, y, "o", label=fam)
+        ax2.set_xscale("log")
+        ax2.set_xlabel("training compute [TPU-v4 core hours at the table's utilisation]")
+        ax2.set_ylabel("held-out accuracy [%] (this project)")
+        ax2.set_title("This project's families")
+        ax2.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _families(opt: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Group lr-optimal runs by architecture family: the model name's prefix (nfnet/F*, vit, ...)."""
+    if opt.empty:
+        return {}
+    fam = opt["model"].str.lower().str.extract(r"^([a-z]+)", expand=False).fillna("other")
+    fam = fam.where(~opt["model"].str.match(r"^[Ff]\d"), "nfnet")
+    return {f: g for f, g in opt.groupby(fam)}
+
+
+def save(fig, out: Path, name: str) -> list[str]:
+    """Write PNG and SVG; returns the file names (relative to out)."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = [f"{name}.png", f"{name}.svg"]
+    fig.savefig(out / files[0], dpi=130)
+    fig.savefig(out / files[1])
+    plt.close(fig)
+    return files

@@ -1,0 +1,131 @@
+"""One HTML report: every figure next to the table behind it, and the notes on what was
+excluded or could not be fitted. Also fits.json, the machine-readable summary."""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import plots
+from analysis.pipeline import Analysis
+from scaling import units
+
+REFERENCE_CSV = Path(__file__).resolve().parent.parent / "results" / "reference" / "vit_comparison.csv"
+
+
+def _table(df: pd.DataFrame) -> str:
+    if df is None or df.empty:
+        return "<p><em>no rows</em></p>"
+    return df.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="t")
+
+
+def _fmt_interval(iv) -> str:
+    return f"[{iv[0]:.4g}, {iv[1]:.4g}]"
+
+
+def law_table(a: Analysis) -> pd.DataFrame:
+    rows = []
+    for form, law in a.laws.items():
+        iv = law.intervals()
+        for name, value in law.params.items():
+            rows.append({"law": plots.LAW_STYLE[form][2], "parameter": name, "estimate": value,
+                         f"{a.level:.0%} interval": _fmt_interval(iv[name]), "R^2 (log)": law.r2,
+                         "points": law.n_points, "bootstrap converged": law.converged_fraction,
+                         "optimiser": law.status, "starts agreeing": law.starts_agreeing})
+    return pd.DataFrame(rows)
+
+
+def approach3_tables(a: Analysis) -> tuple[pd.DataFrame, pd.DataFrame]:
+    fit = a.approach3
+    if fit is None:
+        return pd.DataFrame(), pd.DataFrame()
+    d = fit.to_dict()
+    params = pd.DataFrame([{"parameter": k, "estimate": v, f"{a.level:.0%} interval": _fmt_interval(d["intervals"][k])}
+                           for k, v in d["params"].items()])
+    sr = d["same_rate"]
+    extra = pd.DataFrame([
+        {"quantity": "FLOPs/example = c N^gamma", "value": f"c = {fit.flops.c:.4g}, gamma = {fit.flops.gamma:.4g} "
+                                                             f"({fit.flops.n_models} models)"},
+        {"quantity": "N_opt ~ C^a_N", "value": f"{sr['a_N']:.4g} {_fmt_interval(sr['a_N_interval'])}"},
+        {"quantity": "D_opt ~ C^a_D (epochs)", "value": f"{sr['a_D']:.4g} {_fmt_interval(sr['a_D_interval'])}"},
+        {"quantity": "a_N - a_D", "value": f"{sr['difference']:.4g} {_fmt_interval(sr['difference_interval'])}"},
+        {"quantity": "rule 'scale size and epochs at the same rate' [S23]", "value": sr["verdict"]},
+        {"quantity": "R^2 (log) / points", "value": f"{fit.r2:.4g} / {fit.n_points}"},
+        {"quantity": "optimiser", "value": f"{fit.status}; best starts agreeing {d['starts_agreeing']}; "
+                                            f"bootstrap converged {fit.converged_fraction:.1%}"},
+    ])
+    return params, extra
+
+
+def optimal_table(a: Analysis, per_unit: float, unit: str) -> pd.DataFrame:
+    if a.approach3 is None:
+        return pd.DataFrame()
+    cmin, cmax = a.compute_range
+    grid = np.geomspace(cmin, cmax * 100, 7)
+    n, d = a.approach3.optimal(grid)
+    size = a.dataset_size
+    return pd.DataFrame({f"compute [{unit}]": grid / per_unit, "FLOPs": grid, "N_opt": n, "D_opt": d,
+                         "epochs": d / size if np.isfinite(size) else np.nan,
+                         "beyond fitted runs": grid > cmax * 1.0001})
+
+
+CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table.t{border-collapse:collapse;font-size:12px;margin:0.5em 0 1.5em}
+table.t td,table.t th{border-bottom:1px solid #ddd;padding:2px 8px;text-align:right}
+img{max-width:100%;border:1px solid #eee}.note{color:#a04000}"""
+
+
+def write_report(a: Analysis, out: Path, unit: str = "flops") -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    parsed = units.parse_unit(unit)
+    per_unit = units.to_flops(1.0, parsed)
+    label = parsed.name
+    reference = pd.read_csv(REFERENCE_CSV)
+    parts = [f"<html><head><meta charset='utf-8'><title>Scaling analysis</title><style>{CSS}</style></head><body>",
+             "<h1>Scaling analysis</h1>",
+             f"<p>{len(a.runs)} finished runs, {len(a.opt)} (model, epoch budget) learning-rate optima, "
+             f"{a.opt['model'].nunique() if len(a.opt) else 0} models. Compute is training FLOPs (3 x forward, "
+             f"2 FLOPs per MAC), shown in <b>{label}</b>"
+             + ("" if parsed.kind == "flops" else " at the hardware table's default utilisation")
+             + f". Intervals: {a.level:.0%} percentile bootstrap over the fitted points, {a.resamples} resamples, "
+             f"seed {a.seed}.</p>", "<h2>Notes</h2><ul>"]
+    parts += [f"<li class='note'>{html.escape(n)}</li>" for n in a.notes] or ["<li>none</li>"]
+    parts.append("</ul>")
+
+    def figure(fig, name, title, tables):
+        parts.append(f"<h2>{title}</h2>")
+        if fig is None:
+            parts.append("<p class='note'>not drawn: see the notes above.</p>")
+        else:
+            files = plots.save(fig, out, name)
+            parts.append(f"<p><img src='{files[0]}' alt='{title}'> <a href='{files[1]}'>SVG</a></p>")
+        for caption, df in tables:
+            parts.append(f"<h3>{caption}</h3>{_table(df)}")
+
+    figure(plots.frontier_figure(a, per_unit, label), "loss_vs_compute", "Held-out loss vs compute ([S23] Fig. 2)",
+           [("Fitted laws (compute in FLOPs)", law_table(a)),
+            ("Extrapolation backtest [A22]: refit without the largest budgets, log-space RMSE there", a.backtest)])
+    trend = a.trend.rename(columns={"c": "c (lr = c E^s)", "s": "s"})
+    figure(plots.lr_figure(a), "optimal_lr", "Optimal learning rate vs epoch budget ([S23] Fig. 3)",
+           [("Power law per model", trend),
+            ("Optimum per (model, epoch budget)", a.opt[["model", "epochs", "lr_opt", "lr_best", "edge", "n_lrs",
+                                                         "n_trials", "heldout_loss", "params", "train_flops"]])])
+    params, extra = approach3_tables(a)
+    figure(plots.optimal_figure(a, per_unit, label), "optimal_size", "Compute-optimal model size and epochs "
+           "(Approach 3 [H22] with ConvNet FLOPs)", [("L(N, D) = E + A/N^alpha + B/D^beta", params),
+                                                    ("Frontier and the same-rate rule", extra),
+                                                    ("N_opt and epochs at a range of budgets",
+                                                     optimal_table(a, per_unit, label))])
+    figure(plots.isoflop_figure(a, per_unit, label), "isoflop", "IsoFLOP profiles (diagnostic, [H22] Approach 2)",
+           [("Parabola minimum vs Approach 3 N_opt per compute bin", a.isoflop)])
+    figure(plots.vit_figure(reference, a), "vit_comparison", "ConvNets vs Vision Transformers ([S23] Fig. 1)",
+           [("Published points (with sources)", reference)])
+    parts.append("</body></html>")
+    path = out / "report.html"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    (out / "fits.json").write_text(json.dumps(a.to_dict(), indent=2, default=str), encoding="utf-8")
+    return path
