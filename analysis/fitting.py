@@ -42,7 +42,7 @@ def _evaluate(theta, designs, y, w, delta):
     top = u.max(axis=1, keepdims=True)
     ex = np.exp(u - top)
     tot = ex.sum(axis=1, keepdims=True)
-    r = (np.log(tot) + top)[:, 0, :] - y[None, :]
+    r = (np.log(tot) + top)[:, 0, :] - np.atleast_2d(y)
     f = np.sum(w * huber(r, delta), axis=1)
     soft = ex / tot
     jac = soft[..., 0, :, None] * designs[0][None]
@@ -54,7 +54,7 @@ def _evaluate(theta, designs, y, w, delta):
 def objective(theta, designs, y, w, delta=HUBER_DELTA):
     """Summed weighted Huber loss for a batch of parameter vectors (B, p) -> (B,)."""
     u = np.tensordot(np.atleast_2d(theta), designs, axes=([1], [2]))
-    r = logsumexp(u, axis=1) - y[None, :]
+    r = logsumexp(u, axis=1) - np.atleast_2d(y)
     return np.sum(np.atleast_2d(w) * huber(r, delta), axis=1)
 
 
@@ -69,11 +69,13 @@ class BatchResult:
 def minimize_batched(theta0, designs, y, w, delta=HUBER_DELTA, xtol=1e-10, max_iter=2000) -> BatchResult:
     """Damped IRLS (Levenberg-Marquardt on the Huber majoriser) for B independent problems.
 
-    `designs` (J, n, p), `y` (n,) log losses, `w` (B, n) or (n,) point weights.
+    `designs` (J, n, p), `y` (n,) or (B, n) log losses, `w` (B, n) or (n,) point weights.
     """
     theta = np.array(theta0, dtype=float, copy=True)
     b, p = theta.shape
-    w = np.broadcast_to(np.asarray(w, dtype=float), (b, y.shape[0]))
+    n = y.shape[-1]
+    w = np.broadcast_to(np.asarray(w, dtype=float), (b, n))
+    y = np.broadcast_to(y, (b, n))
     lam = np.full(b, 1.0)
     active = np.ones(b, dtype=bool)
     converged = np.zeros(b, dtype=bool)
@@ -98,7 +100,7 @@ def minimize_batched(theta0, designs, y, w, delta=HUBER_DELTA, xtol=1e-10, max_i
         lhs = h_in + lam[idx, None, None] * (h_irls + 1e-12 * eye[None])
         step = -np.linalg.solve(lhs, grad[:, :, None])[:, :, 0]
         cand = theta[idx] + step
-        f_new, r_new, jac_new = _evaluate(cand, designs, y, wa, delta)
+        f_new, r_new, jac_new = _evaluate(cand, designs, y[idx], wa, delta)
         ok = np.isfinite(f_new) & (f_new <= f[idx])
         acc = idx[ok]
         theta[acc], f[acc], r[acc], jac[acc] = cand[ok], f_new[ok], r_new[ok], jac_new[ok]

@@ -11,6 +11,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -55,6 +56,7 @@ def frontier_figure(a: Analysis, per_unit: float, unit: str):
                 label=f"{label}: b = {law.params['b']:.3f} ({a.level:.0%} band)")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _plain_y(ax)
     ax.set_xlabel(f"training compute [{unit}]")
     ax.set_ylabel("held-out loss [nats] (log scale)")
     ax.set_title("Held-out loss vs compute at the optimal learning rate")
@@ -152,6 +154,8 @@ def isoflop_figure(a: Analysis, per_unit: float, unit: str):
                 label=f"C ~ {row.compute / per_unit:.3g} {unit}")
         if np.isfinite(row.n_parabola):
             ax.axvline(row.n_parabola, color=color, ls=":", lw=1)
+    lo, hi = pts["heldout_loss"].min(), pts["heldout_loss"].max()
+    ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.4 * (hi - lo))
     ax.set_xscale("log")
     ax.set_xlabel("parameters N")
     ax.set_ylabel("held-out loss [nats]")
@@ -172,9 +176,14 @@ def vit_figure(reference: pd.DataFrame, a: Analysis | None = None):
         marker = "o" if fam == "NFNet" else "^"
         ax.plot(g["tpu_v4_core_hours"], g["imagenet_top1"], marker, ms=8, label=fam)
         for r in g.itertuples():
-            ax.annotate(r.model, (r.tpu_v4_core_hours, r.imagenet_top1), fontsize=7, xytext=(4, 3),
-                        textcoords="offset points")
+            ax.annotate(r.model, (r.tpu_v4_core_hours, r.imagenet_top1), fontsize=7,
+                        xytext=(4, -11) if fam == "NFNet" else (4, 4), textcoords="offset points")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1e3:g}k"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
+        lambda v, _: f"{v / 1e3:g}k" if round(v / 1e4) * 1e4 == round(v) and str(round(v))[0] in "1235" else ""))
+    lo, hi = reference["tpu_v4_core_hours"].min(), reference["tpu_v4_core_hours"].max()
+    ax.set_xlim(lo / 1.3, hi * 1.6)
     ax.set_xlabel("pre-training compute [TPU-v4 core hours]")
     ax.set_ylabel("ImageNet top-1 after fine-tuning [%]")
     ax.set_title("Published points ([S23] Fig. 1)")
@@ -194,6 +203,13 @@ def vit_figure(reference: pd.DataFrame, a: Analysis | None = None):
         ax2.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _plain_y(ax):
+    """Plain numbers on a log loss axis (losses span less than a decade)."""
+    fmt = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}")
+    ax.yaxis.set_major_formatter(fmt)
+    ax.yaxis.set_minor_formatter(fmt)
 
 
 def _families(opt: pd.DataFrame) -> dict[str, pd.DataFrame]:

@@ -65,6 +65,20 @@ def make_runs(models=("F0", "F1", "F2", "F3", "F4", "F5", "F6"), epochs=EPOCHS, 
     return pd.DataFrame(rows)
 
 
+def make_optima(models=("F0", "F1", "F2", "F3", "F4", "F5", "F6"), epochs=EPOCHS, noise=0.01, seed=0,
+                dataset_size=DATASET_SIZE, law=TRUE_LAW) -> pd.DataFrame:
+    """Points AT the lr optimum, drawn straight from L(N, D) with multiplicative noise
+    (the rows analysis.lr.optimal_lr would produce), for testing the Approach 3 fit alone."""
+    rng = np.random.default_rng(seed)
+    t = NFNET_TABLE3.set_index("model").loc[list(models)].reset_index()
+    df = t.merge(pd.DataFrame({"epochs": list(epochs)}), how="cross")
+    df["examples_seen"] = df["epochs"] * dataset_size
+    df["flops_per_example"] = 2.0 * df["macs"]
+    df["train_flops"] = 3.0 * df["flops_per_example"] * df["examples_seen"]
+    df["heldout_loss"] = true_loss(df["params"], df["examples_seen"], law) * np.exp(noise * rng.standard_normal(len(df)))
+    return df
+
+
 def make_frontier(n=30, k=60.0, b=0.05, E=0.0, noise=0.02, seed=0, cmin=1e17, cmax=1e22):
     """(compute, loss) points from L = E + k C^-b with multiplicative noise (frontier fits)."""
     rng = np.random.default_rng(seed)

@@ -1,0 +1,246 @@
+"""analysis: fits recover known laws, intervals are calibrated, loading and robustness."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from analysis import chinchilla, fitting, frontier, load, lr, planner, synthetic
+from analysis.pipeline import run_analysis
+from scaling.errors import BadInput, RuntimeFailure
+
+ANALYSIS_MODULES = ["analysis", "analysis.fitting", "analysis.frontier", "analysis.lr", "analysis.chinchilla",
+                    "analysis.load", "analysis.synthetic", "analysis.pipeline", "analysis.family",
+                    "analysis.planner", "analysis.plots", "analysis.report", "analysis.cli"]
+
+
+def test_analysis_never_imports_jax_or_flax():
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in ANALYSIS_MODULES)
+            + "from analysis import family\nfamily.candidates(__import__('pandas').DataFrame("
+              "{'width_mult': [1.0], 'depth_mult': [1.0], 'params': [7e7]}))\n"
+            + "bad = [m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax')]\n"
+            + "assert not bad, bad\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.fixture(scope="module")
+def runs():
+    df = synthetic.make_runs(seeds=1, lr_grid=2.0 ** np.arange(-5, 3), lr_curvature=0.05, noise=0.005, seed=3)
+    return load.clean(df)
+
+
+@pytest.fixture(scope="module")
+def analysis(runs):
+    return run_analysis(*runs, resamples=200, seed=0, level=0.99)
+
+
+# --- fits recover the law they were drawn from -------------------------------------------------
+
+@pytest.mark.parametrize("form,truth", [("power", {"k": 60.0, "b": 0.05}),
+                                        ("offset", {"E": 1.5, "k": 300.0, "b": 0.15})])
+def test_frontier_law_recovered_within_interval(form, truth):
+    c, loss = synthetic.make_frontier(n=40, noise=0.01, seed=5, **truth)
+    fit = frontier.fit_law(form, c, loss, resamples=300, seed=1, envelope=False, level=0.99)
+    assert fit.success, fit.status
+    for name, value in truth.items():
+        lo, hi = fit.intervals()[name]
+        assert lo <= value <= hi, (name, value, lo, hi)
+        assert lo < fit.params[name] < hi
+    assert fit.r2 > 0.9
+
+
+def test_power_law_80pc_intervals_cover_truth_80pc_of_the_time():
+    """100 seeds x 100 resamples solved as one batch. Binomial SD of the coverage over 100
+    seeds is sqrt(0.8*0.2/100) = 0.04; we accept 0.8 +- 3 SD = [0.68, 0.92]. (The
+    percentile bootstrap of this median-like Huber fit is slightly conservative, ~0.85.)"""
+    seeds, resamples, n, level = 100, 100, 20, 0.8
+    c = np.geomspace(1e17, 1e22, n)
+    x = np.log(c) - np.log(c).mean()
+    truth = np.array([np.log(3.0), 0.05])
+    designs = frontier._designs("power", x)
+    rng = np.random.default_rng(11)
+    y = (truth[0] - truth[1] * x)[None] + 0.02 * rng.standard_normal((seeds, n))
+    point = fitting.minimize_batched(np.repeat(truth[None], seeds, 0), designs, y, np.ones(n))
+    w = fitting.bootstrap_weights(n, seeds * resamples, rng)
+    boot = fitting.minimize_batched(np.repeat(point.theta, resamples, 0), designs, np.repeat(y, resamples, 0), w)
+    assert point.converged.all() and boot.converged.all()
+    theta = boot.theta.reshape(seeds, resamples, 2)
+    lo, hi = np.quantile(theta, [(1 - level) / 2, (1 + level) / 2], axis=1)
+    coverage = ((lo <= truth) & (truth <= hi)).mean(axis=0)
+    assert np.all((coverage >= 0.68) & (coverage <= 0.92)), coverage
+
+
+def test_approach3_recovers_the_true_law():
+    fit = chinchilla.fit_approach3(synthetic.make_optima(noise=0.01, seed=4), resamples=300, seed=2, level=0.99)
+    assert fit.success, fit.status
+    iv = fit.to_dict()["intervals"]
+    for name, value in synthetic.TRUE_LAW.items():
+        lo, hi = iv[name]
+        assert lo <= value <= hi, (name, value, lo, hi)
+    assert fit.converged_fraction > 0.95
+
+
+def test_optimum_uses_convnet_flops_not_6nd(analysis):
+    """N_opt minimises L(N, C / (3 F(N))) with F the fitted FLOPs/example law."""
+    fit = analysis.approach3
+    assert fit.flops.gamma > 1.2  # Table 3 MACs grow faster than params: not 6ND
+    budget = 3e21
+    n_opt, d_opt = fit.optimal(budget)
+    n = np.geomspace(n_opt / 5, n_opt * 5, 2001)
+    loss = fit.predict(n, budget / (3 * fit.flops(n)))
+    assert abs(np.log(n[np.argmin(loss)] / n_opt)) < 0.01
+    assert np.isclose(3 * fit.flops(n_opt) * d_opt, budget)
+
+
+def test_exponents_and_same_rate_rule(analysis):
+    sr = analysis.approach3.same_rate()
+    g = analysis.approach3.flops.gamma
+    assert np.isclose(g * sr["a_N"] + sr["a_D"], 1.0)  # C = 3 c N^gamma D
+    lo, hi = sr["difference_interval"]
+    assert lo <= sr["difference"] <= hi
+    assert sr["verdict"] in ("consistent", "model size faster", "epochs faster")
+
+
+# --- learning rate ----------------------------------------------------------------------------
+
+def _lr_runs(lrs, losses, model="m", epochs=1.0):
+    return pd.DataFrame({"model": model, "epochs": epochs, "lr": lrs, "heldout_loss": losses, "params": 1e6,
+                         "flops_per_example": 1e9, "examples_seen": 1e6, "train_flops": 3e15, "depth_mult": 1.0,
+                         "width_mult": 1.0, "batch_size": 128, "heldout_accuracy": np.nan, "device_seconds": np.nan,
+                         "hardware": None})
+
+
+def test_optimal_lr_is_the_parabola_vertex_and_edges_are_flagged():
+    lrs = 2.0 ** np.arange(-3, 3)
+    true = 0.3
+    losses = 2 + 0.1 * (np.log2(lrs) - np.log2(true)) ** 2
+    row = lr.optimal_lr(_lr_runs(lrs, losses)).iloc[0]
+    assert row["edge"] == "" and np.isclose(row["lr_opt"], true)
+    assert np.isclose(row["heldout_loss"], losses.min())  # observed, not extrapolated
+    edge = lr.optimal_lr(_lr_runs(lrs, 2 + 0.1 * (np.log2(lrs) - 5) ** 2)).iloc[0]
+    assert edge["edge"] == "high" and edge["lr_opt"] == lrs.max()
+
+
+def test_lr_trend_recovers_power_law_and_falls_faster_for_bigger_models(analysis):
+    t = analysis.trend.set_index("model")
+    assert t.loc["F6", "s"] < t.loc["F0", "s"]  # [S23] Fig. 3 shape in the synthetic truth
+    exact = pd.DataFrame({"model": "m", "epochs": [0.5, 1, 2, 4], "lr_opt": 1.6 * np.array([0.5, 1, 2, 4]) ** -0.3,
+                          "params": 1e6, "edge": ""})
+    fit = lr.lr_trend(exact).iloc[0]
+    assert np.isclose(fit["s"], -0.3) and np.isclose(fit["c"], 1.6)
+    assert np.isclose(lr.predict_lr(lr.lr_trend(exact), 1e6, 8.0), 1.6 * 8 ** -0.3)
+
+
+# --- frontier helpers -------------------------------------------------------------------------
+
+def test_envelope_per_resample():
+    c = np.array([1.0, 2.0, 3.0, 4.0])
+    loss = np.array([5.0, 6.0, 4.0, 4.5])
+    assert frontier.envelope_mask(c, loss).tolist() == [True, False, True, False]
+    w = np.array([[0, 1, 1, 1], [1, 1, 0, 1]])
+    assert frontier.envelope_mask(c, loss, w).tolist() == [[False, True, True, False], [True, False, False, True]]
+
+
+def test_backtest_scores_held_out_budgets():
+    c, loss = synthetic.make_frontier(n=20, E=1.5, k=300.0, b=0.15, noise=0.005, seed=2)
+    bt = frontier.backtest(c, loss, holdouts=(1, 3))
+    assert set(bt["form"]) == {"power", "offset"} and set(bt["held_out"]) == {1, 3}
+    offset = bt[bt["form"] == "offset"]
+    assert (offset["rmse_log"] < 0.03).all()  # the true form extrapolates to within noise
+    assert (bt["decades_beyond"] > 0).all()
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+def _store(tmp_path, rows):
+    from sweeps import schema
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    engine = sa.create_engine(url)
+    schema.metadata.create_all(engine)
+    now = datetime.now(timezone.utc)
+    base = dict(sweep="s", config_json="{}", depth_mult=1.0, width_mult=0.25, params=1e6, epochs=1.0,
+                batch_size=64, resolution=32, eval_resolution=32, dataset="toy", seed=0, created_at=now,
+                updated_at=now, examples_seen=10_000, train_flops=3e13, flops_per_example=1e9)
+    with engine.begin() as conn:
+        conn.execute(schema.trials.insert(), [{**base, **r} for r in rows])
+    engine.dispose()
+    return url
+
+
+def test_store_loading_excludes_diverged_and_failed_with_notes(tmp_path):
+    rows = [dict(trial_id=f"t{i}", model="m", lr=2.0 ** i, status=s, heldout_loss=h)
+            for i, (s, h) in enumerate([("done", 2.0), ("done", 1.9), ("diverged", None), ("failed", None),
+                                        ("pending", None), ("done", float("nan"))])]
+    url = _store(tmp_path, rows)
+    runs, notes = load.load_runs(store=url)
+    assert sorted(runs["trial_id"]) == ["t0", "t1"]
+    text = " ".join(notes)
+    assert "1 diverged" in text and "1 failed" in text and "unfinished" in text and "non-finite" in text
+
+
+def test_bad_sources_are_bad_input(tmp_path):
+    with pytest.raises(BadInput, match="--store"):
+        load.load_runs(store=f"sqlite:///{tmp_path / 'nope.db'}")
+    assert not (tmp_path / "nope.db").exists()  # never creates a store
+    bad = tmp_path / "bad.csv"
+    bad.write_text("model,lr\nx,1\n")
+    with pytest.raises(BadInput, match="missing columns"):
+        load.load_runs(csv=bad)
+    with pytest.raises(BadInput):
+        load.load_runs()
+
+
+# --- robustness -------------------------------------------------------------------------------
+
+def test_degenerate_inputs_give_notes_not_tracebacks(runs):
+    df, notes = runs
+    one = run_analysis(df[df["model"] == "F0"], notes, resamples=20)
+    assert one.approach3 is None and any("one model" in n for n in one.notes)
+    empty = run_analysis(df.iloc[:0], [], resamples=20)
+    assert empty.opt.empty and any("nothing to fit" in n for n in empty.notes)
+    nan = df.copy()
+    nan.loc[:10, "heldout_loss"] = np.nan
+    cleaned, cnotes = load.clean(nan)
+    assert len(cleaned) == len(df) - 11 and any("non-finite" in n for n in cnotes)
+    few = run_analysis(df[df["epochs"] == 1.0].head(16), [], resamples=20)  # 2 models x 1 epoch
+    assert few.approach3 is None and any("Approach 3" in n for n in few.notes)
+
+
+# --- planner ----------------------------------------------------------------------------------
+
+def test_plan_answers_in_every_unit_and_predicts_the_truth(analysis):
+    p = planner.plan(analysis, 2e4, "tpu-v4-core-hours")
+    rec = p["recommended"]
+    assert {"flops", "epochs", "tpu-v4-core-hours", "h100-chip-hours", "cpu-core-hours"} <= set(p["budget"]["in_units"])
+    assert np.isclose(p["budget"]["in_units"]["tpu-v4-core-hours"], 2e4)
+    assert rec["nearest_named"] in {f"F{i}{s}" for i in range(8) for s in ("", "+")}
+    assert p["steps"] == round(p["examples"] / 4096)
+    lo, hi = p["predicted_loss_interval"]
+    assert lo <= p["predicted_loss"] <= hi
+    truth = synthetic.true_loss(rec["params"], p["examples"])
+    assert abs(np.log(p["predicted_loss"] / truth)) < 0.03
+    assert 0.3 < p["peak_lr"] < 3
+
+
+def test_plan_refuses_far_budgets_unless_extrapolating(analysis):
+    with pytest.raises(BadInput, match="orders of magnitude above"):
+        planner.plan(analysis, 1e30, "flops")
+    p = planner.plan(analysis, 1e30, "flops", extrapolate=True)
+    assert p["extrapolated"] and p["decades_outside"] > 5
+    e = planner.plan(analysis, 4, "epochs")
+    assert np.isclose(e["compute_optimal"]["epochs"], 4)
+    with pytest.raises(BadInput, match="unit"):
+        planner.plan(analysis, 1, "furlongs")
+
+
+def test_plan_without_a_fit_is_a_runtime_failure(runs):
+    df, notes = runs
+    with pytest.raises(RuntimeFailure, match="cannot plan"):
+        planner.plan(run_analysis(df[df["model"] == "F0"], notes, resamples=10), 1e21, "flops")
