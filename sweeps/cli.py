@@ -13,7 +13,8 @@ from typing import Optional
 
 import typer
 
-from sweeps.store import DEFAULT_URL
+# = sweeps.store.DEFAULT_URL (not imported: `scaling --help` should not load SQLAlchemy)
+DEFAULT_URL = "sqlite:///results/runs.db"
 
 STORE_HELP = "store URL: sqlite:///path.db or postgresql://user@host:port/db"
 

@@ -90,7 +90,7 @@ def worker_name() -> str:
 
 class _Lease:
     """Renews a claim's lease from a background thread (so a long XLA compile, which
-    calls no callback, does not lose it) and buffers metrics until the next renewal."""
+    calls no callback, does not lose it) and writes metrics rows as they come."""
 
     def __init__(self, store: Store, claim: Claim, lease_seconds: float):
         self.store, self.claim, self.lease_seconds = store, claim, lease_seconds
@@ -102,8 +102,22 @@ class _Lease:
         self._thread.start()
 
     def add_metrics(self, row: dict) -> None:
+        """Write a metrics row now (renewing the lease): the trainer may checkpoint right
+        after, and a row still buffered when the worker is killed would never be sent
+        again by the resumed run."""
         with self._lock:
             self._metrics.append(dict(row))
+        self.flush()
+
+    def flush(self) -> None:
+        rows = self.drain()
+        try:
+            if not self.store.heartbeat(self.claim, lease_seconds=self.lease_seconds, metrics_rows=rows):
+                self.lost.set()
+        except Exception as err:  # noqa: BLE001 - a store blip: keep the rows, retry later
+            log.warning("heartbeat failed (%s); retrying", err)
+            with self._lock:
+                self._metrics[:0] = rows
 
     def drain(self) -> list[dict]:
         with self._lock:
@@ -111,16 +125,8 @@ class _Lease:
         return rows
 
     def _run(self) -> None:
-        while not self._stop.wait(self.lease_seconds / 4):
-            rows = self.drain()
-            try:
-                if not self.store.heartbeat(self.claim, lease_seconds=self.lease_seconds, metrics_rows=rows):
-                    self.lost.set()
-                    return
-            except Exception as err:  # noqa: BLE001 - a store blip: keep the rows, retry
-                log.warning("heartbeat failed (%s); retrying", err)
-                with self._lock:
-                    self._metrics[:0] = rows
+        while not self._stop.wait(self.lease_seconds / 4) and not self.lost.is_set():
+            self.flush()
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,0 +1,141 @@
+"""Sweep specs: validation (one line naming the key and the fix), expansion, bundled specs."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from scaling.errors import BadInput
+from sweeps.spec import expand, load_spec, parse_spec
+
+BASE = {
+    "name": "t", "dataset": "procedural", "num_classes": 10, "batch_size": 8, "resolution": 16,
+    "grid": {"depth_mults": [0.25], "width_mults": [0.03125], "epochs": [1, 2], "lr": {"centre": 0.4, "steps": 1}},
+}
+
+
+def spec(**changes) -> dict:
+    d = json.loads(json.dumps(BASE))
+    for key, value in changes.items():
+        table, _, sub = key.partition("__")
+        if sub:
+            if value is None:
+                d[table].pop(sub)
+            else:
+                d[table][sub] = value
+        elif value is None:
+            d.pop(table)
+        else:
+            d[table] = value
+    return d
+
+
+def test_grid_expands_models_x_epochs_x_lrs_x_seeds():
+    s = parse_spec(spec(seeds=[0, 1], grid__models=["F0"]))
+    trials = expand(s)
+    assert len(trials) == 2 * 2 * 3 * 2  # (family point + F0) x epochs x lrs x seeds
+    assert {t.config["lr"] for t in trials} == {0.2, 0.4, 0.8}
+    assert {t.config["model"] for t in trials} == {"F0", "nfnet-d0.25-w0.03125"}
+    assert len({t.trial_id for t in trials}) == len(trials)
+    assert all(t.params > 0 and t.flops_per_example > 0 for t in trials)
+
+
+def test_lr_list_and_canonical_model_names_give_one_trial_id():
+    a = expand(parse_spec(spec(grid__models=["f3+"], grid__lr=[0.1, 0.2])))
+    b = expand(parse_spec(spec(grid__models=["F3+"], grid__lr=[0.2, 0.1])))
+    assert sorted(t.trial_id for t in a) == sorted(t.trial_id for t in b)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"grid__epocs": [1]}, r"^grid\.epocs: unknown key; did you mean 'epochs'\?"),
+    ({"batch_szie": 8}, r"^batch_szie: unknown key; did you mean 'batch_size'\?"),
+    ({"grid__models": ["F9"]}, r"^grid\.model: unknown model 'F9'"),
+    ({"grid__epochs": [1, 0]}, r"^grid\.epochs: 0 must be a positive"),
+    ({"grid__epochs": []}, r"^grid\.epochs: empty list"),
+    ({"grid__epochs": [1, 2, 1]}, r"^grid\.epochs: duplicate entry 1"),
+    ({"grid__lr": [0.1, -0.2]}, r"^grid\.lr: -0\.2 must be a positive"),
+    ({"grid__lr": {"centre": 0.4, "step": 1}}, r"^grid\.lr\.step: unknown key; did you mean 'steps'\?"),
+    ({"grid__models": ["F0", "F0"]}, r"^grid\.models: duplicate entry 'F0'"),
+    ({"grid__width_mults": None}, r"^grid\.width_mults: missing"),
+    ({"dataset": None}, r"^dataset: missing"),
+    ({"recipe": {"lr": 0.1}}, r"^recipe\.lr: set by the grid"),
+    ({"recipe": {"eval_pionts": 2}}, r"^recipe\.eval_pionts: unknown key; did you mean 'eval_points'\?"),
+    ({"isoflop": {"budgets": [1e12], "lr": [0.1]}}, r"^grid: give exactly one of \[grid\] or \[isoflop\]"),
+    ({"grid": None, "isoflop": {"budgets": [1e12], "lr": [0.1], "depth_mults": [1], "width_mults": [1]}},
+     r"^train_examples: missing"),
+    ({"grid": None, "train_examples": 1000,
+      "isoflop": {"budgets": [1e3], "lr": [0.1], "depth_mults": [0.25], "width_mults": [0.03125]}},
+     r"^isoflop\.budgets: 1000 flops buys .* steps of nfnet-d0\.25-w0\.03125 \(one step costs"),
+    ({"grid": None, "train_examples": 1000,
+      "isoflop": {"budgets": [1], "unit": "tpu-v4-cor-hours", "lr": [0.1], "depth_mults": [1], "width_mults": [1]}},
+     r"^isoflop\.unit: unknown unit 'tpu-v4-cor-hours'; did you mean 'tpu-v4-core-hours'\?"),
+])
+def test_bad_specs_name_the_key_and_the_fix(changes, message):
+    with pytest.raises(BadInput, match=message) as err:
+        expand(parse_spec(spec(**changes)))
+    assert "\n" not in str(err.value)
+
+
+def test_isoflop_budgets_become_the_epochs_that_spend_them():
+    s = parse_spec(spec(grid=None, train_examples=1000, isoflop={
+        "budgets": [1e12, 4e12], "unit": "flops", "lr": [0.1], "depth_mults": [0.25, 0.5], "width_mults": [0.0625]}))
+    trials = expand(s)
+    assert len(trials) == 4
+    for t in trials:
+        spent = 3 * t.flops_per_example * t.config["epochs"] * 1000
+        assert spent == pytest.approx(1e12, rel=1e-5) or spent == pytest.approx(4e12, rel=1e-5)
+    small, big = sorted({t.params for t in trials})
+    epochs = {p: sorted(t.config["epochs"] for t in trials if t.params == p) for p in (small, big)}
+    assert epochs[small][0] > epochs[big][0]  # a smaller model gets more epochs for the same FLOPs
+
+
+def test_paper_spec_is_the_published_grid():
+    s = load_spec("paper")
+    trials = expand(s)
+    assert {t.config["model"] for t in trials} == {"F0", "F1", "F3", "F3+", "F7", "F7+"}
+    assert sorted({t.config["epochs"] for t in trials}) == [0.25, 0.5, 1, 2, 4, 8]
+    lrs = sorted({t.config["lr"] for t in trials})
+    assert 1.6 in lrs and all(b / a == 2 for a, b in zip(lrs, lrs[1:]))
+    assert len(trials) == 6 * 6 * len(lrs)
+    assert {(t.config["batch_size"], t.config["resolution"], t.config["eval_resolution"]) for t in trials} == {(4096, 224, 256)}
+    assert s.heldout_examples == 130_000 and s.report_unit == "tpu-v4-core-hours"
+
+
+def test_paper_plan_reports_tpu_v4_core_hours():
+    out = subprocess.run([sys.executable, "-m", "scaling.cli", "sweep", "plan", "paper", "--json"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    assert plan["trials"] == 180 and plan["unit"] == "tpu-v4-core-hours"
+    # F7+ at 8 epochs alone is ~1.9e22 FLOPs ~ 110k v4 core-hours at 36% (REFERENCE.md s4),
+    # so the whole grid is a few million core-hours.
+    assert 1e6 < plan["compute"] < 1e7 and math.isfinite(plan["train_flops"])
+
+
+@pytest.mark.parametrize("name", ["demo", "smoke"])
+def test_bundled_small_specs_validate(name):
+    from sweeps import cli
+    from sweeps.store import DEFAULT_URL
+
+    assert cli.DEFAULT_URL == DEFAULT_URL
+    s = load_spec(name)
+    trials = expand(s)
+    assert s.dataset.startswith("procedural")
+    if name == "demo":
+        assert len({t.config["model"] for t in trials}) >= 4
+        assert len(s.epochs) == 3 and len(s.lrs) == 3
+
+
+def test_cli_bad_spec_exits_2_with_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\ndataset = "procedural"\nnum_classes = 10\nbatch_size = 8\nresolution = 16\n'
+                   '[grid]\nmodels = ["F0"]\nepochs = [1]\nlr = [0.1]\nlearning_rate = 1\n')
+    out = subprocess.run([sys.executable, "-m", "scaling.cli", "sweep", "run", str(bad), "--store",
+                          f"sqlite:///{tmp_path / 'runs.db'}"], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: grid.learning_rate: unknown key; ")
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs.db").exists()  # nothing written on bad input
