@@ -61,6 +61,7 @@ class TrainResult:
     measured_hours: float            # device_seconds in `measured_unit`
     measured_unit: str
     achieved_utilization: float      # model FLOP/s over the hardware's peak
+    fingerprint: str                 # SHA-256 of the final params + optimizer state + step
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -218,6 +219,10 @@ class _Run:
             raise BadInput(f"batch_size: {config.batch_size} is not divisible by the "
                            f"{self.num_devices} devices; use a multiple of {self.num_devices}")
         _claim_workdir(config, workdir)
+        if jax.process_count() > 1:  # everyone sees the workdir process 0 created
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("scaling-train-workdir")
         self.last_beat = 0.0
 
     # ---- small pieces -------------------------------------------------------------
@@ -278,7 +283,7 @@ class _Run:
         from scaling.models.config import model_name
         from scaling.models.nfnet import NFNet, init_params
         from scaling.optim import apply_updates, make_optimizer
-        from scaling.train.checkpoint import RunCheckpoints
+        from scaling.train.checkpoint import RunCheckpoints, fingerprint
 
         cfg, plan = self.config, self.plan
         total_steps = plan.total_steps
@@ -389,13 +394,13 @@ class _Run:
             if self.tb is not None:
                 self.tb.close()
         steps_done = int(np.asarray(state["step"].addressable_data(0)))
-        result = self._result(status, diverged_step, counters, steps_done, model_name(self.model_cfg))
+        result = self._result(status, diverged_step, counters, steps_done, model_name(self.model_cfg),
+                              fingerprint(state))
         if self.lead:
             _atomic_write(self.workdir / "result.json", json.dumps(result.to_dict(), indent=2))
-        self._final_params = state["params"]
         return result
 
-    def _result(self, status, diverged_step, counters, steps_done, name) -> TrainResult:
+    def _result(self, status, diverged_step, counters, steps_done, name, digest) -> TrainResult:
         from scaling import units
 
         cfg = self.config
@@ -422,6 +427,7 @@ class _Run:
             measured_unit=measured_unit,
             achieved_utilization=units.achieved_utilization(train_flops, wall_s, self.hardware,
                                                             self.num_devices) if wall_s > 0 else 0.0,
+            fingerprint=digest,
         )
 
 

@@ -1,0 +1,246 @@
+"""Real training runs of a tiny NFNet family member on the procedural dataset.
+
+One model shape everywhere (d0.25 w1/32, 16 px, batch 8) so that one compilation, kept
+in a persistent cache shared by every process of the test session, serves all tests.
+A 2-epoch reference run (16 steps over 64 examples) is made once per module; the other
+runs (resumed after SIGKILL, corrupt checkpoint, 4 devices, 2 processes) are compared
+with it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from scaling.train import TrainConfig, run_training
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / "results" / "test_jax_cache"
+DATASET = "procedural:classes=10,train_size=64,heldout=40,res=16"
+TRAIN_SIZE, BATCH = 64, 8
+
+
+def tiny(**overrides) -> TrainConfig:
+    base = dict(depth_mult=0.25, width_mult=0.03125, dataset=DATASET, epochs=2.0, lr=0.2,
+                batch_size=BATCH, resolution=16, eval_points=1, checkpoint_every_steps=4,
+                compile_cache_dir=str(CACHE), log_indices=True)
+    return TrainConfig(**{**base, **overrides})
+
+
+def cli_args(workdir: Path, **extra: str) -> list[str]:
+    args = ["-m", "scaling.cli", "train", "--depth-mult", "0.25", "--width-mult", "0.03125",
+            "--dataset", DATASET, "--epochs", "2", "--lr", "0.2", "--batch", str(BATCH),
+            "--resolution", "16", "--eval-points", "1", "--compile-cache", str(CACHE),
+            "--log-indices", "--json", "--workdir", str(workdir)]
+    for k, v in extra.items():
+        args += [f"--{k.replace('_', '-')}", v]
+    return [sys.executable, *args]
+
+
+def clean_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_PROCESSES")}
+    env.update(extra)
+    return env
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def assert_each_example_once_per_epoch(workdir: Path, steps: int) -> None:
+    rows = read_jsonl(workdir / "indices-p0.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
+    per_epoch = TRAIN_SIZE // BATCH
+    for epoch in range(steps // per_epoch):
+        seen = sorted(i for r in rows[epoch * per_epoch:(epoch + 1) * per_epoch] for i in r["index"])
+        assert seen == list(range(TRAIN_SIZE)), f"epoch {epoch} is not a permutation of the dataset"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run every other run is compared with."""
+    workdir = tmp_path_factory.mktemp("reference")
+    rows, beats = [], []
+    result = run_training(tiny(), workdir, on_metrics=rows.append, on_heartbeat=lambda: beats.append(1))
+    return result, workdir, rows, beats
+
+
+def test_reference_run_reports_everything(reference):
+    result, workdir, rows, beats = reference
+    from scaling.models.config import family_config
+    from scaling.models.counts import count
+
+    counts = count(family_config(0.25, 0.03125, num_classes=10), 16)
+    assert result.status == "done" and result.diverged_step is None
+    assert result.steps == result.total_steps == 2 * TRAIN_SIZE // BATCH
+    assert result.examples_seen == 2 * TRAIN_SIZE
+    assert result.params == counts.params
+    assert result.flops_per_example == counts.flops
+    assert result.train_flops == 3 * counts.flops * result.examples_seen
+    assert result.device_seconds > 0 and result.compile_seconds >= 0
+    assert result.measured_unit == "cpu-core-hours" and result.measured_hours > 0
+    assert 0 < result.achieved_utilization < 1
+    assert 0 < result.heldout_loss < 10 and 0 <= result.heldout_accuracy <= 1
+    # Callbacks: a row per step, evaluations at the middle and the end, heartbeats.
+    assert [r["step"] for r in rows] == list(range(1, 17))
+    evaluated = [r["step"] for r in rows if "heldout_loss" in r]
+    assert evaluated == [8, 16]
+    assert rows[-1]["heldout_loss"] == result.heldout_loss
+    assert beats
+    assert read_jsonl(workdir / "metrics.jsonl") == rows
+    assert_each_example_once_per_epoch(workdir, 16)
+    # A finished workdir returns its stored result instead of training again.
+    assert run_training(tiny(), workdir) == result
+
+
+def test_one_compilation_serves_every_lr_and_budget(reference, tmp_path):
+    from scaling.train import step
+
+    before = step.TRACE_COUNT["train"]
+    a = run_training(tiny(lr=0.05, epochs=0.5, eval_points=0), tmp_path / "a")
+    b = run_training(tiny(lr=3.2, epochs=1.5, eval_points=0), tmp_path / "b")
+    assert step.TRACE_COUNT["train"] == before  # the reference run's trace served both
+    assert (a.total_steps, b.total_steps) == (4, 12)
+    assert a.compile_seconds == 0.0 and b.compile_seconds == 0.0
+    assert a.heldout_loss != b.heldout_loss  # they did train differently
+
+
+def test_workdir_of_another_config_is_refused(reference):
+    from scaling.errors import BadInput
+
+    _, workdir, _, _ = reference
+    before = (workdir / "config.json").read_bytes()
+    with pytest.raises(BadInput, match="^workdir: .*lr"):
+        run_training(tiny(lr=0.3), workdir)
+    assert (workdir / "config.json").read_bytes() == before
+
+
+def test_non_finite_loss_ends_as_diverged(tmp_path):
+    result = run_training(tiny(lr=1e30, eval_points=0), tmp_path)
+    assert result.status == "diverged"
+    assert 1 <= result.diverged_step <= result.total_steps
+    assert result.heldout_loss is None
+    assert result.steps == result.diverged_step
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "diverged"
+
+
+def test_corrupt_latest_checkpoint_is_skipped(reference, tmp_path):
+    """Damage the newest checkpoint's array data: the run warns, falls back to the previous
+    checkpoint and still ends bitwise equal to the reference."""
+    import shutil
+
+    ref, ref_dir, _, _ = reference
+    workdir = tmp_path / "run"
+    shutil.copytree(ref_dir, workdir)
+    (workdir / "result.json").unlink()
+    latest = workdir / "checkpoints" / "16"
+    damaged = 0
+    for f in (latest / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 64 and "d" in f.parent.name:  # array chunks
+            data = bytearray(f.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            f.write_bytes(bytes(data))
+            damaged += 1
+    assert damaged
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_training(tiny(), workdir)
+    assert any("checkpoint at step 16" in str(w.message) and "damaged" in str(w.message) for w in caught)
+    assert (workdir / "checkpoints_bad").is_dir()
+    assert result.fingerprint == ref.fingerprint
+    assert result.heldout_loss == ref.heldout_loss
+    assert_each_example_once_per_epoch(workdir, 16)
+
+
+@pytest.mark.slow  # ~4 process starts of ~10-20 s each (imports, cached compile) on 2 cores
+def test_sigkill_at_random_points_then_resume_is_exact(reference, tmp_path):
+    ref, _, _, _ = reference
+    workdir = tmp_path / "killed"
+    rng = random.Random(4)
+    kills, last = 0, 0
+    for _ in range(3):
+        proc = subprocess.Popen(cli_args(workdir, checkpoint_steps="2"), cwd=REPO, env=clean_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        target = last + rng.randint(1, 4)
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            metrics = workdir / "metrics.jsonl"
+            steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()
+                     if x.strip().endswith("}")] if metrics.exists() else []
+            if steps and steps[-1] >= target:
+                time.sleep(rng.uniform(0, 0.3))
+                break
+            time.sleep(0.02)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        last = target
+    assert kills >= 2, "the run finished before it could be killed; make it longer"
+    assert not (workdir / "result.json").exists()
+    out = subprocess.run(cli_args(workdir), cwd=REPO, env=clean_env(), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["fingerprint"] == ref.fingerprint  # bitwise: params, optimizer state, step
+    assert result["heldout_loss"] == ref.heldout_loss
+    assert result["examples_seen"] == ref.examples_seen
+    assert_each_example_once_per_epoch(workdir, 16)
+    assert [r["step"] for r in read_jsonl(workdir / "metrics.jsonl")] == list(range(1, 17))
+
+
+def _train_losses(workdir: Path) -> list[float]:
+    return [r["train_loss"] for r in read_jsonl(workdir / "metrics.jsonl")]
+
+
+@pytest.mark.slow  # compiles the 4-device program (~20-40 s on 2 cores, cached afterwards)
+def test_four_simulated_devices_match_one(reference, tmp_path):
+    ref, ref_dir, _, _ = reference
+    code = ("import json, sys; from scaling.train import TrainConfig, run_training; "
+            "r = run_training(TrainConfig.from_json(sys.argv[1]), sys.argv[2]); print(json.dumps(r.to_dict()))")
+    env = clean_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    out = subprocess.run([sys.executable, "-c", code, tiny().to_json(), str(tmp_path)], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["num_devices"] == 4
+    assert result["heldout_loss"] == pytest.approx(ref.heldout_loss, rel=1e-4)
+    assert _train_losses(tmp_path) == pytest.approx(_train_losses(ref_dir), rel=1e-4)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # two processes, each compiling the 2-device program (~30 s on 2 cores)
+def test_two_processes_train_together(reference, tmp_path):
+    ref, ref_dir, _, _ = reference
+    port = _free_port()
+    procs = [subprocess.Popen(cli_args(tmp_path), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=clean_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                                       JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
+             for i in range(2)]
+    outs = [p.communicate(timeout=400) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    result = json.loads(outs[0][0])
+    assert outs[1][0].strip() == ""  # only process 0 reports
+    assert result["num_devices"] == 2
+    assert result["heldout_loss"] == pytest.approx(ref.heldout_loss, rel=1e-4)
+    assert _train_losses(tmp_path) == pytest.approx(_train_losses(ref_dir), rel=1e-4)
+    # Each process logged its own half of every global batch; together: each example
+    # once per epoch.
+    halves = [read_jsonl(tmp_path / f"indices-p{i}.jsonl") for i in range(2)]
+    for epoch in range(2):
+        seen = sorted(i for rows in halves for r in rows[epoch * 8:(epoch + 1) * 8] for i in r["index"])
+        assert seen == list(range(TRAIN_SIZE))
