@@ -153,7 +153,8 @@ def fit_approach3(opt: pd.DataFrame, resamples: int = 1000, seed: int = 0, level
     r2 = fitting.r_squared(y, np.logaddexp.reduce(u, axis=0))
     rng = np.random.default_rng(seed)
     w = fitting.bootstrap_weights(len(y), resamples, rng)
-    boot = fitting.minimize_batched(np.repeat(point.theta[None], resamples, axis=0), designs, y, w)
+    boot = fitting.minimize_batched(np.repeat(point.theta[None], resamples, axis=0), designs, y, w,
+                                    max_iter=fitting.BOOTSTRAP_MAX_ITER)
     theta = boot.theta.copy()
     theta[~boot.converged] = np.nan
     return ChinchillaFit(params={k: float(v[0]) for k, v in _named(point.theta).items()},

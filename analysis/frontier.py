@@ -134,7 +134,8 @@ def fit_law(form: str, compute, loss, resamples: int = 1000, seed: int = 0, enve
         w = w * envelope_mask(c, l, w)
     _, inverse = np.unique(c, return_inverse=True)
     distinct = ((w > 0).astype(float) @ np.eye(inverse.max() + 1)[inverse] > 0).sum(axis=1)
-    boot = fitting.minimize_batched(np.repeat(point.theta[None], resamples, axis=0), designs, y, w)
+    boot = fitting.minimize_batched(np.repeat(point.theta[None], resamples, axis=0), designs, y, w,
+                                    max_iter=fitting.BOOTSTRAP_MAX_ITER)
     theta = boot.theta.copy()
     bad = ~boot.converged | (distinct < p + 1)
     theta[bad] = np.nan
