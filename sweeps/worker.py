@@ -268,9 +268,11 @@ def work(store_url: str, *, trainer: str | Trainer | None = None, options: Worke
     """Entry point of one worker process (`scaling sweep work`, `python -m sweeps.worker`)."""
     fn = trainer if callable(trainer) else load_trainer(trainer)
     if multihost:
-        import jax
+        from scaling.train.distributed import init_distributed
 
-        jax.distributed.initialize()  # reads the coordinator from the environment
+        # JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID, or the cluster's own
+        # environment (Cloud TPU, SLURM, ...) detected by jax.distributed.initialize().
+        init_distributed(auto=True)
         mh = MultiHost()
         if mh.index != 0:
             return follow(mh, fn)
