@@ -27,6 +27,10 @@ from scaling.data.dataset import Dataset
 from scaling.errors import BadInput
 
 TRAIN, HELDOUT = 0, 1
+# grain's defaults (16 threads, 500 buffered elements) are sized for small records; our
+# elements are whole batches, so a few threads (numpy and PIL release the GIL) and a
+# short buffer per process. Measured in bench/bench_data.py.
+READ_THREADS, PREFETCH_BATCHES = 2, 4
 
 
 def _mark_absl_flags_parsed() -> None:
@@ -100,7 +104,8 @@ class TrainIterator(grain.DatasetIterator):
                 "resolution": self._load.resolution}
 
     def _start(self) -> Iterator[dict[str, np.ndarray]]:
-        ds = grain.MapDataset.range(self._step, sys.maxsize).map(self._plan).map(self._load).to_iter_dataset()
+        ds = grain.MapDataset.range(self._step, sys.maxsize).map(self._plan).map(self._load)
+        ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=PREFETCH_BATCHES))
         if self._workers > 0:
             _mark_absl_flags_parsed()
             ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._workers, per_worker_buffer_size=2))
