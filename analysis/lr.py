@@ -16,28 +16,37 @@ KEYS = ["model", "epochs"]
 
 
 def optimal_lr(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, epochs): lr_opt, edge flag, loss at the optimum, compute, sizes."""
+    """One row per (model, epochs): lr_opt, edge flag, loss at the optimum, compute, sizes.
+
+    Runs without an epoch budget (CSV imports) are grouped by examples seen instead."""
+    runs = runs.assign(budget=runs["epochs"].where(runs["epochs"].notna(), -runs["examples_seen"]))
+    per = runs.groupby(["model", "budget", "lr"], sort=True).agg(
+        heldout_loss=("heldout_loss", "mean"), n_trials=("heldout_loss", "size"), params=("params", "first"),
+        flops_per_example=("flops_per_example", "median"), examples_seen=("examples_seen", "median"),
+        train_flops=("train_flops", "median"), depth_mult=("depth_mult", "first"),
+        width_mult=("width_mult", "first"), batch_size=("batch_size", "first"),
+        heldout_accuracy=("heldout_accuracy", "mean"), device_seconds=("device_seconds", "median"),
+        hardware=("hardware", "first")).reset_index()
+    lrs, losses = per["lr"].to_numpy(float), per["heldout_loss"].to_numpy(float)
     rows = []
-    runs = runs.copy()
-    runs["epochs"] = runs["epochs"].fillna(-1.0)  # CSVs without epochs: group by examples instead
-    for (model, epochs), g in runs.groupby(KEYS, sort=True):
-        if epochs < 0:
-            for ex, gg in g.groupby("examples_seen"):
-                rows.append(_one(model, np.nan, gg))
-        else:
-            rows.append(_one(model, epochs, g))
-    cols = ["model", "epochs", "lr_opt", "lr_best", "edge", "n_lrs", "n_trials", "heldout_loss",
-            "loss_vertex", "params", "flops_per_example", "examples_seen", "train_flops",
-            "depth_mult", "width_mult", "batch_size", "heldout_accuracy", "device_seconds", "hardware"]
-    return pd.DataFrame(rows, columns=cols)
+    for (model, budget), idx in sorted(per.groupby(["model", "budget"]).indices.items()):
+        lr_opt, lr_best, edge, vertex, best = _vertex(lrs[idx], losses[idx])
+        row = per.iloc[idx[best]].to_dict()
+        row.update(model=model, epochs=budget if budget >= 0 else np.nan, lr_opt=lr_opt, lr_best=lr_best,
+                   edge=edge, n_lrs=len(idx), n_trials=int(per["n_trials"].iloc[idx].sum()), loss_vertex=vertex)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _one(model, epochs, g: pd.DataFrame) -> dict:
-    per_lr = g.groupby("lr")["heldout_loss"].mean().sort_index()
-    lrs, losses = per_lr.index.to_numpy(float), per_lr.to_numpy(float)
+COLUMNS = ["model", "epochs", "lr_opt", "lr_best", "edge", "n_lrs", "n_trials", "heldout_loss", "loss_vertex",
+           "params", "flops_per_example", "examples_seen", "train_flops", "depth_mult", "width_mult",
+           "batch_size", "heldout_accuracy", "device_seconds", "hardware"]
+
+
+def _vertex(lrs: np.ndarray, losses: np.ndarray):
+    """(lr_opt, best grid lr, edge flag, loss at the vertex, index of the best grid lr)."""
     i = int(np.argmin(losses))
-    edge = ""
-    lr_opt, vertex = lrs[i], losses[i]
+    edge, lr_opt, vertex = "", float(lrs[i]), float(losses[i])
     if len(lrs) < 3:
         edge = "too few lrs"
     elif i == 0:
@@ -48,17 +57,9 @@ def _one(model, epochs, g: pd.DataFrame) -> dict:
         x, y = np.log2(lrs[i - 1:i + 2]), losses[i - 1:i + 2]
         a, b, c = np.polyfit(x, y, 2)
         if a > 0:
-            xv = np.clip(-b / (2 * a), x[0], x[2])
+            xv = float(np.clip(-b / (2 * a), x[0], x[2]))
             lr_opt, vertex = float(2.0**xv), float(a * xv * xv + b * xv + c)
-    best = g[g["lr"] == lrs[i]]
-    first = best.iloc[0]
-    return {"model": model, "epochs": epochs, "lr_opt": float(lr_opt), "lr_best": float(lrs[i]), "edge": edge,
-            "n_lrs": len(lrs), "n_trials": len(g), "heldout_loss": float(losses[i]), "loss_vertex": float(vertex),
-            "params": float(first["params"]), "flops_per_example": float(best["flops_per_example"].median()),
-            "examples_seen": float(best["examples_seen"].median()), "train_flops": float(best["train_flops"].median()),
-            "depth_mult": first.get("depth_mult"), "width_mult": first.get("width_mult"),
-            "batch_size": first.get("batch_size"), "heldout_accuracy": float(best["heldout_accuracy"].mean()),
-            "device_seconds": float(best["device_seconds"].median()), "hardware": first.get("hardware")}
+    return lr_opt, float(lrs[i]), edge, vertex, i
 
 
 def lr_trend(opt: pd.DataFrame) -> pd.DataFrame:

@@ -83,7 +83,9 @@ def test_approach3_recovers_the_true_law():
     for name, value in synthetic.TRUE_LAW.items():
         lo, hi = iv[name]
         assert lo <= value <= hi, (name, value, lo, hi)
-    assert fit.converged_fraction > 0.95
+    # the rest drift along a ridge (A, alpha, E) their resample does not pin down and are
+    # reported as not converged rather than silently kept
+    assert fit.converged_fraction > 0.9
 
 
 def test_optimum_uses_convnet_flops_not_6nd(analysis):
