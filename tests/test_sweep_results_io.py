@@ -1,0 +1,92 @@
+"""`results import/export`: columns and units validated; nothing written on a bad file."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from scaling.errors import BadInput
+from sweeps.lr_extension import next_lrs
+from sweeps.results_io import export_file, import_file
+from sweeps.spec import LRExtension
+from sweeps.store import Store
+
+GOOD = dict(model="F0", params=71_500_000, examples_seen=1_000_000, lr=0.4, heldout_loss=2.5,
+            train_flops=3 * 2 * 9.5e9 * 1_000_000)
+
+
+def write(tmp_path, rows, name="runs.csv"):
+    path = tmp_path / name
+    df = pd.DataFrame(rows)
+    df.to_csv(path, index=False) if name.endswith(".csv") else df.to_parquet(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_import_then_export_round_trip(store_url, tmp_path, fmt):
+    store = Store(store_url, results_dir=tmp_path)
+    rows = [GOOD, dict(GOOD, lr=0.8, heldout_loss=2.4, epochs=1.0, hardware="tpu-v4", device_seconds=3600.0,
+                       batch_size=4096, dataset="jft", sweep="paper-runs")]
+    path = write(tmp_path, rows, f"in.{fmt}")
+    assert import_file(store, path, sweep="mine") == (2, 2)
+    assert import_file(store, path, sweep="mine") == (2, 0)  # idempotent
+    out = tmp_path / f"out.{fmt}"
+    assert export_file(store, out) == 2
+    df = pd.read_csv(out) if fmt == "csv" else pd.read_parquet(out)
+    assert sorted(df["sweep"]) == ["mine", "paper-runs"]
+    assert sorted(df["lr"]) == [0.4, 0.8] and set(df["status"]) == {"done"}
+    assert set(df["reason"]) == {"imported"}
+    store.dispose()
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"train_flops": None}, r"^train_flops: row 2 is empty; every run needs"),
+    ({"train_gflops": 5.7e4}, r"^train_gflops: the store keeps train_flops \(real FLOPs, not GFLOPs\)"),
+    ({"train_flops": 5.7e4}, r"^train_flops: row 2 is 5\.7e\+04, below 2 x params x examples_seen"),
+    ({"lr": -0.1}, r"^lr: row 2 is -0\.1; it must be > 0"),
+    ({"params": 1.5}, r"^params: row 2 is 1\.5; it must be a whole number"),
+    ({"heldout_loss": "abc"}, r"^heldout_loss: row 2 has 'abc', not a number"),
+    ({"hardware": "tpu-v9"}, r"^hardware: row 2 is 'tpu-v9'; use one of"),
+    ({"status": "running"}, r"^status: row 2 is 'running'; imported runs are done, diverged or failed"),
+])
+def test_bad_import_is_refused_and_nothing_is_written(tmp_path, bad, message):
+    row = dict(GOOD)
+    for k, v in bad.items():
+        if v is None:
+            row.pop(k)
+        else:
+            row[k] = v
+    if "train_gflops" in bad:
+        row.pop("train_flops")
+    store = Store(f"sqlite:///{tmp_path / 'runs.db'}")
+    path = write(tmp_path, [GOOD, row])  # a good row first: it must not be written either
+    with pytest.raises(BadInput, match=message.replace("row 2", "row 3")):
+        import_file(store, path)
+    assert store.rows() == []
+
+
+def test_next_lrs_rule():
+    p = LRExtension(enabled=True, max_steps=1)
+
+    def g(losses, lrs=(0.1, 0.2, 0.4), status=None, reasons=None):
+        return [{"lr": lr, "heldout_loss": loss, "status": (status or {}).get(lr, "done"),
+                 "reason": (reasons or {}).get(lr, "grid")} for lr, loss in zip(lrs, losses)]
+
+    assert next_lrs(g([3, 2, 1]), p) == [(0.8, "lr-extension: best lr 0.4 is the upper edge of [0.1, 0.2, 0.4]")]
+    assert [lr for lr, _ in next_lrs(g([1, 2, 3]), p)] == [0.05]
+    assert next_lrs(g([2, 1, 3]), p) == []  # interior
+    assert next_lrs(g([3, 2, math.nan], status={0.4: "diverged"}), p) == []  # 0.2 beats a diverged 0.4
+    assert next_lrs(g([3, 2, 1], status={0.1: "running"}), p) == []  # group not finished
+    # already one step beyond the grid: the bound stops it
+    assert next_lrs(g([4, 3, 2, 1], lrs=(0.1, 0.2, 0.4, 0.8), reasons={0.8: "lr-extension"}), p) == []
+    assert next_lrs(g([3, 2, 1]), LRExtension(enabled=True, max_steps=3, max_lr=0.5)) == []
+    assert next_lrs(g([3, 2, 1]), LRExtension(enabled=False)) == []
+
+
+def test_missing_required_column_names_it(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'runs.db'}")
+    row = {k: v for k, v in GOOD.items() if k != "examples_seen"}
+    with pytest.raises(BadInput, match=r"^examples_seen: required column missing \(need model, params"):
+        import_file(store, write(tmp_path, [row]))
+    assert store.rows() == []
