@@ -138,7 +138,7 @@ class ChinchillaFit:
 
 
 def fit_approach3(opt: pd.DataFrame, resamples: int = 1000, seed: int = 0, level: float = 0.95,
-                  flops: FlopsRelation | None = None) -> ChinchillaFit:
+                  flops: FlopsRelation | None = None, polish: bool = True) -> ChinchillaFit:
     """Fit L(N, D) to the lr-optimal points (columns params, examples_seen, heldout_loss)."""
     pts = opt.dropna(subset=["params", "examples_seen", "heldout_loss"])
     if pts["params"].nunique() < 2 or pts["examples_seen"].nunique() < 2 or len(pts) < 6:
@@ -148,7 +148,7 @@ def fit_approach3(opt: pd.DataFrame, resamples: int = 1000, seed: int = 0, level
     log_n, log_d = np.log(pts["params"].to_numpy(float)), np.log(pts["examples_seen"].to_numpy(float))
     y = np.log(pts["heldout_loss"].to_numpy(float))
     designs = _designs(log_n, log_d)
-    point = fitting.fit_multistart(INIT_GRID, designs, y)
+    point = fitting.fit_multistart(INIT_GRID, designs, y, polish=polish)
     u = np.einsum("jnp,p->jn", designs, point.theta)
     r2 = fitting.r_squared(y, np.logaddexp.reduce(u, axis=0))
     rng = np.random.default_rng(seed)

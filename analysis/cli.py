@@ -93,7 +93,7 @@ def plan(
     from analysis.pipeline import run_analysis
 
     result = run_analysis(runs, notes, resamples=planner.PLAN_RESAMPLES, seed=seed, level=level,
-                          laws=False, backtest=False)
+                          laws=False, backtest=False, polish=False)
     if result.opt.empty:
         raise RuntimeFailure(f"cannot plan: {'; '.join(result.notes)}")
     p = planner.plan(result, budget, unit, extrapolate=extrapolate, utilization=utilization, level=level)

@@ -64,7 +64,8 @@ _FIT_ERRORS = (ValueError, np.linalg.LinAlgError, FloatingPointError)
 
 def run_analysis(runs: pd.DataFrame, notes: list[str] | None = None, resamples: int = DEFAULT_RESAMPLES,
                  seed: int = 0, level: float = DEFAULT_LEVEL, laws: bool = True, backtest: bool = True,
-                 approach3: bool = True) -> Analysis:
+                 approach3: bool = True, polish: bool = True) -> Analysis:
+    """All steps; `polish=False` (the planner) skips the L-BFGS-B polish of Approach 3."""
     notes = list(notes or [])
     opt = lr.optimal_lr(runs) if len(runs) else lr.optimal_lr(runs.iloc[:0])
     trend = lr.lr_trend(opt)
@@ -96,7 +97,8 @@ def run_analysis(runs: pd.DataFrame, notes: list[str] | None = None, resamples: 
             notes.append(f"backtest not done: {err}")
     if approach3:
         try:
-            res.approach3 = chinchilla.fit_approach3(opt, resamples=resamples, seed=seed + 7, level=level)
+            res.approach3 = chinchilla.fit_approach3(opt, resamples=resamples, seed=seed + 7, level=level,
+                                                     polish=polish)
         except _FIT_ERRORS as err:
             notes.append(f"Approach 3 (N_opt, D_opt) not fitted: {err}")
         try:

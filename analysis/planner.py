@@ -6,15 +6,16 @@ the family member closest to N_opt (and the nearest named preset), its epoch bud
 trend, and its predicted held-out loss with a bootstrap interval.
 
 Speed (< 1 s, issue 6): the planner fits only what it needs (lr optima, Approach 3)
-with PLAN_RESAMPLES bootstrap resamples instead of the report's 1000: enough for a
-95% percentile interval of a prediction, and measured in bench/bench_analysis.py.
+with PLAN_RESAMPLES bootstrap resamples instead of the report's 1000 (enough for a
+95% percentile interval of a prediction), skips the L-BFGS-B polish (the batched
+solver already converges to a 1e-10 step; skipping it avoids importing scipy.optimize)
+and never imports matplotlib. Measured in bench/bench_analysis.py.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from scipy.optimize import brentq
 
 from analysis import family, fitting, lr
 from analysis.pipeline import Analysis
@@ -31,8 +32,15 @@ def _epochs_to_flops(epochs: float, a: Analysis) -> float:
     """An epoch budget is taken as epochs of the compute-optimal model: solve D_opt(C) = epochs x dataset."""
     target = epochs * a.dataset_size
     lo, hi = math.log(a.compute_range[0]) - 30, math.log(a.compute_range[1]) + 30
-    f = lambda logc: math.log(a.approach3.optimal(math.exp(logc))[1]) - math.log(target)  # noqa: E731
-    return math.exp(brentq(f, lo, hi, xtol=1e-10))
+    for _ in range(200):  # bisection in log C: D_opt grows monotonically with C
+        mid = 0.5 * (lo + hi)
+        if a.approach3.optimal(math.exp(mid))[1] < target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12:
+            break
+    return math.exp(0.5 * (lo + hi))
 
 
 def plan(a: Analysis, budget: float, unit: str, extrapolate: bool = False, utilization: float | None = None,

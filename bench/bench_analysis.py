@@ -80,7 +80,8 @@ def main():
 
     def plan():
         runs, notes = load.clean(raw)
-        pa = run_analysis(runs, notes, resamples=planner.PLAN_RESAMPLES, seed=0, laws=False, backtest=False)
+        pa = run_analysis(runs, notes, resamples=planner.PLAN_RESAMPLES, seed=0, laws=False, backtest=False,
+                          polish=False)
         return planner.plan(pa, 2e4, "tpu-v4-core-hours")
 
     wall_p, cpu_p, p = timed(plan, args.repeats)

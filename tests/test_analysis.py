@@ -160,10 +160,9 @@ def test_backtest_scores_held_out_budgets():
 
 # --- loading ----------------------------------------------------------------------------------
 
-def _store(tmp_path, rows):
+def _store(url, rows):
     from sweeps import schema
 
-    url = f"sqlite:///{tmp_path / 'runs.db'}"
     engine = sa.create_engine(url)
     schema.metadata.create_all(engine)
     now = datetime.now(timezone.utc)
@@ -176,11 +175,12 @@ def _store(tmp_path, rows):
     return url
 
 
-def test_store_loading_excludes_diverged_and_failed_with_notes(tmp_path):
+def test_store_loading_excludes_diverged_and_failed_with_notes(store_url):
+    """Both backends (conftest's store_url: SQLite and the test PostgreSQL server)."""
     rows = [dict(trial_id=f"t{i}", model="m", lr=2.0 ** i, status=s, heldout_loss=h)
             for i, (s, h) in enumerate([("done", 2.0), ("done", 1.9), ("diverged", None), ("failed", None),
                                         ("pending", None), ("done", float("nan"))])]
-    url = _store(tmp_path, rows)
+    url = _store(store_url, rows)
     runs, notes = load.load_runs(store=url)
     assert sorted(runs["trial_id"]) == ["t0", "t1"]
     text = " ".join(notes)
@@ -246,3 +246,17 @@ def test_plan_without_a_fit_is_a_runtime_failure(runs):
     df, notes = runs
     with pytest.raises(RuntimeFailure, match="cannot plan"):
         planner.plan(run_analysis(df[df["model"] == "F0"], notes, resamples=10), 1e21, "flops")
+
+
+def test_vit_comparison_adds_own_families_when_the_store_has_several(analysis):
+    from analysis import plots, report
+
+    reference = pd.read_csv(report.REFERENCE_CSV)
+    assert reference["source"].notna().all() and len(reference) >= 4
+    assert len(plots.vit_figure(reference, analysis).axes) == 1  # NFNet only
+    two = analysis.opt.copy()
+    two.loc[two["model"] == "F0", "model"] = "vit-s16"
+    mixed = run_analysis(analysis.runs.iloc[:0], [], resamples=0)
+    mixed.opt = two
+    fig = plots.vit_figure(reference, mixed)
+    assert len(fig.axes) == 2 and "TPU-v4 core hours" in fig.axes[1].get_xlabel()
