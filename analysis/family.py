@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 
 DEFAULT_RESOLUTION = 224  # [S23] trains at 224x224 (REFERENCE.md s1)
-# Depth multipliers searched: quarter-octave steps from 1/8 to 16 (F7 is depth 8).
-DEPTHS = tuple(float(2 ** (k / 4)) for k in range(-12, 17))
+# Depth multipliers searched, 1/8 to 16 (F7 is depth 8): short decimals so the names
+# (scaling.models.config.model_name) stay readable and round-trip through get_config.
+DEPTHS = (0.125, 0.25, 0.375, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 2.5, 3, 3.5, 4, 5, 6, 7, 8, 10, 12, 14, 16)
 
 
 def _count(cfg, resolution):
@@ -40,7 +41,7 @@ def infer_num_classes(runs: pd.DataFrame, resolution: int) -> int:
 
 def candidates(runs: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
     """Family members to recommend from: (table, resolution, num_classes)."""
-    from scaling.models.config import PRESETS, family_config, get_config
+    from scaling.models.config import PRESETS, family_config, get_config, model_name
 
     res = runs["resolution"].dropna() if "resolution" in runs else pd.Series(dtype=float)
     resolution = int(res.median()) if len(res) else DEFAULT_RESOLUTION
@@ -49,8 +50,9 @@ def candidates(runs: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
     rows = []
     for w in widths:
         for d in DEPTHS:
-            params, flops = _count(family_config(d, w, num_classes=num_classes), resolution)
-            rows.append({"name": f"nfnet-d{d:.3g}-w{w:g}", "depth_mult": d, "width_mult": w, "params": params,
+            cfg = family_config(d, w, num_classes=num_classes)
+            params, flops = _count(cfg, resolution)
+            rows.append({"name": model_name(cfg), "depth_mult": d, "width_mult": w, "params": params,
                          "flops_per_example": flops, "named": False})
     for base in PRESETS:
         for plus in ("", "+"):

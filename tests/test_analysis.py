@@ -29,6 +29,23 @@ def test_analysis_never_imports_jax_or_flax():
     assert out.returncode == 0, out.stderr
 
 
+def test_planner_path_imports_neither_matplotlib_nor_scipy_optimize():
+    """The planner's < 1 s budget: no plotting or scipy.optimize import on its path."""
+    code = """
+import sys, numpy as np
+from analysis import synthetic, load, planner
+from analysis.pipeline import run_analysis
+runs, notes = load.clean(synthetic.make_runs(models=('F0', 'F1', 'F3'), epochs=(0.25, 1, 4)))
+a = run_analysis(runs, notes, resamples=20, laws=False, backtest=False, polish=False)
+assert a.approach3.success, a.approach3.status
+planner.plan(a, 1e21, 'flops')
+bad = [m for m in sys.modules if m.startswith(('matplotlib', 'scipy.optimize', 'jax', 'flax'))]
+assert not bad, bad
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
 @pytest.fixture(scope="module")
 def runs():
     df = synthetic.make_runs(seeds=1, lr_grid=2.0 ** np.arange(-5, 3), lr_curvature=0.05, noise=0.005, seed=3)
