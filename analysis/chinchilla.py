@@ -184,3 +184,25 @@ def isoflop_profiles(opt: pd.DataFrame, fit: ChinchillaFit | None = None, decade
             row["n_approach3"] = float(fit.optimal(c)[0])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def backtest(opt: pd.DataFrame, holdouts=(1, 2, 3)) -> pd.DataFrame:
+    """[A22] for Approach 3: refit on the runs below the k-th largest compute budget and
+    score L(N, D) at every lr-optimal run at or above it (log-space RMSE)."""
+    pts = opt.dropna(subset=["train_flops", "params", "examples_seen", "heldout_loss"])
+    budgets = np.sort(pts["train_flops"].unique())[::-1]
+    rows = []
+    for k in holdouts:
+        if k >= budgets.size:
+            continue
+        train, test = pts[pts["train_flops"] < budgets[k - 1]], pts[pts["train_flops"] >= budgets[k - 1]]
+        row = {"form": "approach3", "held_out": k, "n_train": len(train), "n_test": len(test),
+               "decades_beyond": float(np.log10(test["train_flops"].max() / train["train_flops"].max()))}
+        try:
+            fit = fit_approach3(train, resamples=0, flops=fit_flops_relation(pts), polish=False)
+            err = np.log(fit.predict(test["params"], test["examples_seen"])) - np.log(test["heldout_loss"])
+            row["rmse_log"] = float(np.sqrt(np.mean(err**2)))
+        except ValueError as exc:
+            row["rmse_log"], row["note"] = float("nan"), str(exc)
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -55,14 +55,14 @@ def analyze(
         raise BadInput("--unit: epochs depend on the model, so they cannot be a compute axis; use flops or hours")
     runs, notes = _load(store, csv, dataset)
     from analysis import report
-    from analysis.pipeline import run_analysis
+    from analysis.pipeline import jsonable, run_analysis
 
     result = run_analysis(runs, notes, resamples=resamples, seed=seed, level=level)
     path = report.write_report(result, out, unit=unit)
     summary = result.to_dict()
     summary["report"] = str(path)
     if as_json:
-        typer.echo(json.dumps(summary, default=_jsonable, indent=2))
+        typer.echo(json.dumps(jsonable(summary), allow_nan=False, indent=2))
     else:
         typer.echo(f"report: {path}")
         for note in result.notes:
@@ -90,24 +90,14 @@ def plan(
     units.parse_unit(unit)  # bad unit -> exit 2 before any loading
     runs, notes = _load(store, csv, dataset)
     from analysis import planner
-    from analysis.pipeline import run_analysis
+    from analysis.pipeline import jsonable, run_analysis
 
     result = run_analysis(runs, notes, resamples=planner.PLAN_RESAMPLES, seed=seed, level=level,
                           laws=False, backtest=False, polish=False)
     if result.opt.empty:
         raise RuntimeFailure(f"cannot plan: {'; '.join(result.notes)}")
     p = planner.plan(result, budget, unit, extrapolate=extrapolate, utilization=utilization, level=level)
-    typer.echo(json.dumps(p, default=_jsonable, indent=2) if as_json else planner.format_plan(p))
-
-
-def _jsonable(obj):
-    import numpy as np
-
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
+    typer.echo(json.dumps(jsonable(p), allow_nan=False, indent=2) if as_json else planner.format_plan(p))
 
 
 def register(app: typer.Typer) -> None:

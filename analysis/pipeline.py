@@ -59,6 +59,21 @@ class Analysis:
         return out
 
 
+def jsonable(obj):
+    """Strict-JSON version of a result dict: NaN/inf -> null, numpy scalars -> Python."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer, np.bool_)):
+        return obj.item()
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if obj is None or isinstance(obj, (int, str, bool)):
+        return obj
+    return str(obj)
+
+
 _FIT_ERRORS = (ValueError, np.linalg.LinAlgError, FloatingPointError)
 
 
@@ -101,6 +116,11 @@ def run_analysis(runs: pd.DataFrame, notes: list[str] | None = None, resamples: 
                                                      polish=polish)
         except _FIT_ERRORS as err:
             notes.append(f"Approach 3 (N_opt, D_opt) not fitted: {err}")
+        if backtest:
+            try:
+                res.backtest = pd.concat([res.backtest, chinchilla.backtest(opt)], ignore_index=True)
+            except _FIT_ERRORS as err:
+                notes.append(f"Approach 3 backtest not done: {err}")
         try:
             res.isoflop = chinchilla.isoflop_profiles(opt, res.approach3)
         except _FIT_ERRORS as err:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots
-from analysis.pipeline import Analysis
+from analysis.pipeline import Analysis, jsonable
 from scaling import units
 
 REFERENCE_CSV = Path(__file__).resolve().parent.parent / "results" / "reference" / "vit_comparison.csv"
@@ -108,7 +108,9 @@ def write_report(a: Analysis, out: Path, unit: str = "flops") -> Path:
 
     figure(plots.frontier_figure(a, per_unit, label), "loss_vs_compute", "Held-out loss vs compute ([S23] Fig. 2)",
            [("Fitted laws (compute in FLOPs)", law_table(a)),
-            ("Extrapolation backtest [A22]: refit without the largest budgets, log-space RMSE there", a.backtest)])
+            ("Extrapolation backtest [A22]: refit without the k largest compute budgets, log-space RMSE "
+             "at them (frontier laws: at the held-out frontier points; approach3: at every held-out run)",
+             a.backtest)])
     trend = a.trend.rename(columns={"c": "c (lr = c E^s)", "s": "s"})
     figure(plots.lr_figure(a), "optimal_lr", "Optimal learning rate vs epoch budget ([S23] Fig. 3)",
            [("Power law per model", trend),
@@ -127,5 +129,5 @@ def write_report(a: Analysis, out: Path, unit: str = "flops") -> Path:
     parts.append("</body></html>")
     path = out / "report.html"
     path.write_text("\n".join(parts), encoding="utf-8")
-    (out / "fits.json").write_text(json.dumps(a.to_dict(), indent=2, default=str), encoding="utf-8")
+    (out / "fits.json").write_text(json.dumps(jsonable(a.to_dict()), allow_nan=False, indent=2), encoding="utf-8")
     return path

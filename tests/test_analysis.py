@@ -117,6 +117,12 @@ def test_optimum_uses_convnet_flops_not_6nd(analysis):
     assert np.isclose(3 * fit.flops(n_opt) * d_opt, budget)
 
 
+def test_approach3_backtest(analysis):
+    bt = analysis.backtest[analysis.backtest["form"] == "approach3"]
+    assert list(bt["held_out"]) == [1, 2, 3]
+    assert (bt["rmse_log"] < 0.05).all() and (bt["decades_beyond"] > 0).all()
+
+
 def test_exponents_and_same_rate_rule(analysis):
     sr = analysis.approach3.same_rate()
     g = analysis.approach3.flops.gamma
