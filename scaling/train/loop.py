@@ -33,6 +33,9 @@ HEARTBEAT_SECONDS = 2.0
 # At most this many metrics rows per run along the way (plus evaluations and the end),
 # enough to draw a learning curve without flooding the store.
 MAX_LOGGED_STEPS = 1000
+# Fields that change how a run is operated, not what it computes: a resume may change them.
+OPERATIONAL_FIELDS = frozenset({"workdir", "checkpoint_every_steps", "checkpoint_every_minutes",
+                                "compile_cache_dir", "tensorboard"})
 
 
 @dataclass
@@ -111,11 +114,9 @@ def _optim_config(config: TrainConfig):
 def _claim_workdir(config: TrainConfig, workdir: Path) -> None:
     """A workdir holds one run: refuse (without touching anything) a different config."""
     path = workdir / "config.json"
-    mine = config.to_dict()
-    mine.pop("workdir")
+    mine = {k: v for k, v in config.to_dict().items() if k not in OPERATIONAL_FIELDS}
     if path.exists():
-        stored = json.loads(path.read_text())
-        stored.pop("workdir", None)
+        stored = {k: v for k, v in json.loads(path.read_text()).items() if k not in OPERATIONAL_FIELDS}
         if stored != mine:
             diff = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
             raise BadInput(f"workdir: {workdir} holds a run with a different config "
@@ -351,6 +352,8 @@ class _Run:
                         label_smoothing=self.optim_cfg.label_smoothing, mesh=self.mesh),
                     key, state, batch, hyper)
                 counters["compile_seconds"] += seconds
+                if seconds:
+                    self.heartbeat(force=True)
                 t0 = time.perf_counter()
                 state, metrics = train_step(state, batch, hyper)
                 loss = float(metrics["loss"])
