@@ -29,7 +29,9 @@ MAX_DECADES_OUTSIDE = 1.0
 
 
 def _epochs_to_flops(epochs: float, a: Analysis) -> float:
-    """An epoch budget is taken as epochs of the compute-optimal model: solve D_opt(C) = epochs x dataset."""
+    """An epoch budget is read as epochs of the compute-optimal model: the C where
+    D_opt(C) = epochs x dataset size (the recommended member then trains exactly those
+    epochs, and the budget reported is what that costs on its own FLOPs/example)."""
     target = epochs * a.dataset_size
     lo, hi = math.log(a.compute_range[0]) - 30, math.log(a.compute_range[1]) + 30
     for _ in range(200):  # bisection in log C: D_opt grows monotonically with C
@@ -73,7 +75,11 @@ def plan(a: Analysis, budget: float, unit: str, extrapolate: bool = False, utili
     table, resolution, num_classes = family.candidates(a.runs)
     member = family.nearest(table, n_opt)
     named = family.nearest(table, n_opt, named=True)
-    examples = flops / (3.0 * member["flops_per_example"])  # train = 3 x forward (DESIGN.md)
+    if parsed.kind == "epochs":  # the user fixed the epochs: the member trains exactly that long
+        examples = budget * size
+        flops = 3.0 * member["flops_per_example"] * examples
+    else:  # the user fixed the compute: spend it on the member's own FLOPs per example
+        examples = flops / (3.0 * member["flops_per_example"])  # train = 3 x forward (DESIGN.md)
     epochs = examples / size if math.isfinite(size) else float("nan")
     batch = a.batch_size
     loss = float(fit.predict(member["params"], examples))

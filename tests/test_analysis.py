@@ -283,7 +283,8 @@ def test_plan_refuses_far_budgets_unless_extrapolating(analysis):
     p = planner.plan(analysis, 1e30, "flops", extrapolate=True)
     assert p["extrapolated"] and p["decades_outside"] > 5
     e = planner.plan(analysis, 4, "epochs")
-    assert np.isclose(e["compute_optimal"]["epochs"], 4)
+    assert np.isclose(e["epochs"], 4) and np.isclose(e["budget"]["in_units"]["epochs"], 4)
+    assert e["budget"]["value"] == 4 and e["budget"]["unit"] == "epochs"
     with pytest.raises(BadInput, match="unit"):
         planner.plan(analysis, 1, "furlongs")
 
