@@ -69,9 +69,9 @@ def test_permute_is_a_permutation(n):
 
 
 def test_spec_options_and_canonical_name():
-    ds = get_dataset("procedural:classes=7,train_size=99,heldout=5,res=8,seed=3,perturb=0.2,noise=0,rotation=10")
+    ds = get_dataset("procedural:classes=7,train_size=99,heldout=5,res=8,seed=3,perturb=0.2,noise=0,rotation=10,hue_jitter=0.2")
     assert (ds.num_classes, ds.train_size, ds.heldout_size, ds.native_resolution) == (7, 99, 5, 8)
-    assert ds.name == "procedural:classes=7,train_size=99,heldout=5,res=8,seed=3,perturb=0.2,noise=0,rotation=10"
+    assert ds.name == "procedural:classes=7,train_size=99,heldout=5,res=8,seed=3,perturb=0.2,noise=0,rotation=10,hue_jitter=0.2"
     assert get_dataset(ds.name).name == ds.name  # the stored name rebuilds the same data
     assert get_dataset("procedural:classes=7", num_classes=9).num_classes == 9  # keywords win
 

@@ -37,7 +37,7 @@ class Dataset:
 
 _PROCEDURAL_KEYS = {"classes": "num_classes", "train_size": "train_size", "heldout": "heldout_size",
                     "res": "resolution", "seed": "seed", "perturb": "perturb", "noise": "noise",
-                    "rotation": "rotation"}
+                    "rotation": "rotation", "hue_jitter": "hue_jitter"}
 
 
 def _procedural(options: str, overrides: dict[str, Any]) -> Dataset:
@@ -50,7 +50,7 @@ def _procedural(options: str, overrides: dict[str, Any]) -> Dataset:
             raise BadInput(f"dataset: unknown procedural option {item!r}; use {', '.join(_PROCEDURAL_KEYS)} as key=value")
         field = _PROCEDURAL_KEYS[k.strip()]
         try:
-            fields[field] = float(v) if field in ("perturb", "noise", "rotation") else int(float(v))
+            fields[field] = float(v) if field in ("perturb", "noise", "rotation", "hue_jitter") else int(float(v))
         except ValueError:
             raise BadInput(f"dataset: procedural option {k}={v!r} is not a number") from None
     fields.update({k: v for k, v in overrides.items() if v is not None})
@@ -58,8 +58,8 @@ def _procedural(options: str, overrides: dict[str, Any]) -> Dataset:
     for field in ("num_classes", "train_size", "resolution"):
         if getattr(config, field) <= 0:
             raise BadInput(f"dataset: procedural {field} must be positive, got {getattr(config, field)}")
-    if min(config.heldout_size, config.perturb, config.noise, config.rotation) < 0:
-        raise BadInput("dataset: procedural heldout, perturb, noise and rotation must be >= 0")
+    if min(config.heldout_size, config.perturb, config.noise, config.rotation, config.hue_jitter) < 0:
+        raise BadInput("dataset: procedural heldout, perturb, noise, rotation and hue_jitter must be >= 0")
     if config.num_classes < 2:
         raise BadInput("dataset: procedural classes must be at least 2")
     if max(config.train_size, config.heldout_size) >= 2**62:

@@ -45,6 +45,7 @@ class ProceduralConfig:
     perturb: float = 0.06  # std of the per-instance noise added to each map's entries
     noise: float = 0.06  # amplitude of uniform per-pixel noise (fraction of 255)
     rotation: float = 30.0  # instances are rotated by up to +- this many degrees
+    hue_jitter: float = 0.1  # std of the foreground hue around its class hue (1 = full circle)
     points_per_pixel: float = 1.2  # chaos-game points per output pixel
 
     @property
@@ -52,7 +53,8 @@ class ProceduralConfig:
         return (
             f"procedural:classes={self.num_classes},train_size={self.train_size},"
             f"heldout={self.heldout_size},res={self.resolution},seed={self.seed},"
-            f"perturb={self.perturb:g},noise={self.noise:g},rotation={self.rotation:g}"
+            f"perturb={self.perturb:g},noise={self.noise:g},rotation={self.rotation:g},"
+            f"hue_jitter={self.hue_jitter:g}"
         )
 
 
@@ -61,6 +63,16 @@ def _contract(maps: np.ndarray, cap: np.ndarray | float) -> np.ndarray:
     sigma = np.linalg.norm(maps, ord=2, axis=(-2, -1))
     factor = np.minimum(1.0, np.asarray(cap) / np.maximum(sigma, 1e-9))
     return maps * factor[..., None, None]
+
+
+def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Vectorised HSV -> RGB, float32 [..., 3]; hue wraps around 1."""
+    h6 = (h % 1.0) * 6
+    sector = np.floor(h6).astype(np.intp) % 6
+    f = h6 - np.floor(h6)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    table = np.stack([np.stack(c, -1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))])
+    return table[sector, np.arange(h.size).reshape(h.shape)].astype(np.float32)  # h, s, v: 1-D [B]
 
 
 def class_table(num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -87,6 +99,7 @@ class ProceduralSource:
     def __init__(self, config: ProceduralConfig):
         self.config = config
         self._linear, self._offset, self._prob = class_table(config.num_classes, config.seed)
+        self._hue = np.random.default_rng([config.seed, 0xC010]).uniform(size=config.num_classes)
         self._noise_banks: dict[int, np.ndarray] = {}
 
     def noise_bank(self, resolution: int) -> np.ndarray:
@@ -116,7 +129,7 @@ class ProceduralSource:
         indices = np.asarray(indices, np.int64)
         labels = self.labels(split, indices)
         keys = hashing.key(self.config.seed, 0xDA7A, 2 * indices + split)
-        return render(keys, labels, self._linear, self._offset, self._prob, self.noise_bank(resolution),
+        return render(keys, labels, self._linear, self._offset, self._prob, self._hue, self.noise_bank(resolution),
                       resolution, self.config), labels
 
 
@@ -126,6 +139,7 @@ def render(
     class_linear: np.ndarray,
     class_offset: np.ndarray,
     class_prob: np.ndarray,
+    class_hue: np.ndarray,
     noise_bank: np.ndarray,
     resolution: int,
     config: ProceduralConfig,
@@ -195,9 +209,15 @@ def render(
     gain = np.float32(x.shape[1] / (r * r) * 0.6)  # about the mean count on a covered pixel
     alpha = (1 - np.exp(-density / gain))[..., None]
 
-    # 5. Colour: random foreground; background a contrasting colour plus a gradient.
-    fg = u((3,)).astype(np.float32)
-    bg = ((fg + 0.3 + 0.4 * u((3,))) % 1.0).astype(np.float32)
+    # 5. Colour. The foreground hue is the class hue plus jitter: a coarse cue that small
+    #    models pick up first (as colour is in natural images), shape the fine one. Light
+    #    on dark or dark on light at random; background of any hue plus a gradient.
+    hue = class_hue[labels] + config.hue_jitter * gauss()
+    light_fg = u() < 0.5
+    fg_value = np.where(light_fg, 0.6 + 0.4 * u(), 0.1 + 0.3 * u())
+    bg_value = np.where(light_fg, 0.05 + 0.35 * u(), 0.6 + 0.35 * u())
+    fg = hsv_to_rgb(hue, 0.5 + 0.5 * u(), fg_value)
+    bg = hsv_to_rgb(u(), 0.6 * u(), bg_value)
     grad_angle, grad_amp = 2 * np.pi * u(), (0.3 * u()).astype(np.float32)
     coords = ((np.arange(r) + 0.5) / r - 0.5).astype(np.float32)
     ramp = (np.cos(grad_angle).astype(np.float32)[:, None, None] * coords[None, None, :] + np.sin(grad_angle).astype(np.float32)[:, None, None] * coords[None, :, None])
