@@ -245,3 +245,74 @@ def test_two_processes_train_together(reference, tmp_path):
     for epoch in range(2):
         seen = sorted(i for rows in halves for r in rows[epoch * 8:(epoch + 1) * 8] for i in r["index"])
         assert seen == list(range(TRAIN_SIZE))
+
+
+# ---------------------------------------------------------------- the CLI, in process
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """`scaling train ...` in this process (reusing its compiled step)."""
+    from scaling.cli import main
+
+    try:
+        rc = main(["train", *args])
+    except SystemExit as exit_:
+        rc = exit_.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def common_cli(workdir: Path) -> list[str]:
+    return cli_args(workdir)[4:]  # drop python -m scaling.cli train
+
+
+def test_cli_epoch_budget_writes_metrics_and_reports(reference, tmp_path, capsys):
+    args = [a for a in common_cli(tmp_path) if a != "--json"] + ["--tensorboard"]
+    pytest.importorskip("tensorboardX")
+    rc, out, err = run_cli(capsys, *args)
+    assert rc == 0, err
+    for needle in ("analytic", "training FLOPs", "device-seconds", "cpu-core-hours", "utilisation"):
+        assert needle in out
+    assert "step/s" in err or "it/s" in err or "/16" in err  # the tqdm bar went to stderr
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 17))
+    assert any((tmp_path / "tensorboard").iterdir())
+
+
+def test_cli_tpu_v4_core_hour_budget(reference, tmp_path, capsys):
+    from scaling import units
+
+    ref, _, _, _ = reference
+    budget = 2e-10  # v4 core-hours: about 17 steps of this tiny model at batch 8
+    args = [a for a in common_cli(tmp_path) if a not in ("--epochs", "2")]
+    rc, out, err = run_cli(capsys, *args, "--budget", str(budget), "--unit", "tpu-v4-core-hours")
+    assert rc == 0, err
+    result = json.loads(out)
+    per_example = ref.train_flops / ref.examples_seen
+    flops = units.to_flops(budget, "tpu-v4-core-hours")
+    assert result["total_steps"] == round(flops / per_example / BATCH)
+    assert result["unit"] == "tpu-v4-core-hours"
+    assert result["hours"] == pytest.approx(budget, rel=BATCH * per_example / flops)
+    assert result["measured_unit"] == "cpu-core-hours"
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--lr", "-1"], "lr"),
+    (["--budget", "1", "--unit", "tpu-v4-core-hour"], "epochs"),  # --epochs given too
+    (["--batch", "0"], "batch_size"),
+    (["--optimizer", "{not json"], "optimizer"),
+])
+def test_cli_bad_input_exits_2(tmp_path, capsys, args, field):
+    base = [a for a in common_cli(tmp_path)]
+    rc, out, err = run_cli(capsys, *base, *args)
+    assert rc == 2
+    assert err.startswith(f"error: {field}:") and err.count("\n") == 1
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_cli_unknown_unit_exits_2_in_a_real_process(tmp_path):
+    args = [a for a in cli_args(tmp_path) if a not in ("--epochs", "2")]
+    out = subprocess.run([*args, "--budget", "1", "--unit", "tpu-v4-core-hour"], cwd=REPO,
+                         env=clean_env(), capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: unit:") and "did you mean 'tpu-v4-core-hours'" in out.stderr

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from scaling import units
 from scaling.errors import BadInput
 
 # Where the persistent XLA compilation cache lives unless the user says otherwise
@@ -40,7 +41,8 @@ class TrainConfig:
                  None = detected from the JAX device kind.
     utilization: assumed utilisation turning an hours budget into FLOPs (None = the
                  unit's profile default, documented in scaling/units.py).
-    log_indices: write every consumed training example index to indices.jsonl
+    data_workers: grain worker processes preparing batches (0: in the training process).
+    log_indices: write every consumed training example index to indices-p<i>.jsonl
                  (debug: lets tests check exactly-once-per-epoch; large for real runs).
     """
 
@@ -66,6 +68,7 @@ class TrainConfig:
     hardware: str | None = None
     utilization: float | None = None
     log_indices: bool = False
+    data_workers: int = 0
 
     # ---- validation -------------------------------------------------------------
     def validate(self) -> "TrainConfig":
@@ -89,6 +92,7 @@ class TrainConfig:
                 raise BadInput("budget: --budget and --unit go together, e.g. --budget 400 --unit tpu-v4-core-hours")
             if not (_finite(self.budget) and self.budget > 0):
                 raise BadInput(f"budget: must be a positive number, got {self.budget!r}")
+            units.parse_unit(self.unit)  # BadInput with a did-you-mean
         if not (_finite(self.lr) and self.lr > 0):
             raise BadInput(f"lr: must be a positive number, got {self.lr!r}")
         _positive_int("batch_size", self.batch_size)
@@ -103,10 +107,14 @@ class TrainConfig:
         if not isinstance(self.eval_points, int) or self.eval_points < 0:
             raise BadInput(f"eval_points: must be a non-negative integer, got {self.eval_points!r}")
         _positive_int("checkpoint_every_steps", self.checkpoint_every_steps)
+        if not isinstance(self.data_workers, int) or self.data_workers < 0:
+            raise BadInput(f"data_workers: must be a non-negative integer, got {self.data_workers!r}")
         if not (_finite(self.checkpoint_every_minutes) and self.checkpoint_every_minutes > 0):
             raise BadInput("checkpoint_every_minutes: must be a positive number of minutes")
         if self.utilization is not None and not (_finite(self.utilization) and 0 < self.utilization <= 1):
             raise BadInput(f"utilization: must be in (0, 1], got {self.utilization!r}")
+        if self.hardware is not None:
+            units.hardware(self.hardware)
         if not isinstance(self.optimizer, dict):
             raise BadInput("optimizer: must be a table of OptimConfig fields, e.g. {\"weight_decay\": 0.0}")
         return self

@@ -35,7 +35,7 @@ HEARTBEAT_SECONDS = 2.0
 MAX_LOGGED_STEPS = 1000
 # Fields that change how a run is operated, not what it computes: a resume may change them.
 OPERATIONAL_FIELDS = frozenset({"workdir", "checkpoint_every_steps", "checkpoint_every_minutes",
-                                "compile_cache_dir", "tensorboard"})
+                                "compile_cache_dir", "tensorboard", "data_workers"})
 
 
 @dataclass
@@ -300,7 +300,8 @@ class _Run:
         iterator = train_iterator(self.dataset, global_batch_size=cfg.batch_size, seed=cfg.seed,
                                   resolution=self.resolution,
                                   process_index=jax.process_index(),
-                                  process_count=jax.process_count())
+                                  process_count=jax.process_count(),
+                                  worker_count=cfg.data_workers)
 
         ckpts = RunCheckpoints(self.workdir / "checkpoints", every_steps=cfg.checkpoint_every_steps,
                                every_minutes=cfg.checkpoint_every_minutes)
