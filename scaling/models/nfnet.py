@@ -1,0 +1,164 @@
+"""NFNet (Brock et al. 2021, [B21]) in Flax linen, faithful to REFERENCE.md s2.
+
+    params = init_params(cfg, rng, resolution)
+    logits = NFNet(cfg).apply({"params": params}, images, train=True,
+                              rngs={"dropout": key})
+
+Images are float32 NHWC [B, H, W, 3]. With train=True, dropout and stochastic depth
+draw from the "dropout" rng stream. Each block sows its residual-branch and
+residual-stream variances into the "intermediates" collection (pass
+mutable=["intermediates"] to read them) for signal-propagation checks.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from scaling.models.config import NFNetConfig
+from scaling.models.layers import SqueezeExcite, WSConv2D, gained_activation, resolve_conv_impl
+
+_STEM_STRIDES = (2, 1, 1, 2)  # REFERENCE.md s2
+_CLASSIFIER_INIT_STD = 0.01  # REFERENCE.md s2
+
+
+def _channel_var(x: jax.Array) -> jax.Array:
+    """Mean over channels of the per-channel variance over batch and space."""
+    return jnp.mean(jnp.var(x, axis=(0, 1, 2)))
+
+
+class NFBlock(nn.Module):
+    """Pre-activation bottleneck: h + alpha * skip_gain * f(act(h) * beta) (REFERENCE.md s2).
+
+    A transition block (stride 2 or a change of width) takes its shortcut from the
+    normalised input act(h) * beta, average-pooled 2x2 when strided, then a 1x1 conv.
+    """
+
+    out_ch: int
+    width: int  # bottleneck width
+    groups: int
+    stride: int
+    beta: float  # 1 / expected std of the block input
+    alpha: float
+    stochdepth_rate: float
+    se_hidden: int
+    activation: str
+    activation_gain: float
+    skip_gain_init: float
+    impl: str
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        act = gained_activation(self.activation, self.activation_gain)
+        conv = lambda feats, k, name, stride=1, groups=1: WSConv2D(  # noqa: E731
+            feats, k, stride, groups, self.impl, name=name
+        )
+        out = act(x) * self.beta
+        if self.stride > 1:
+            shortcut = nn.avg_pool(out, (2, 2), (2, 2), "SAME", count_include_pad=False)
+            shortcut = conv(self.out_ch, 1, "conv_shortcut")(shortcut)
+        elif x.shape[-1] != self.out_ch:
+            shortcut = conv(self.out_ch, 1, "conv_shortcut")(out)
+        else:
+            shortcut = x
+        out = conv(self.width, 1, "conv0")(out)
+        out = conv(self.width, 3, "conv1", self.stride, self.groups)(act(out))
+        out = conv(self.width, 3, "conv1b", 1, self.groups)(act(out))
+        out = conv(self.out_ch, 1, "conv2")(act(out))
+        out = 2.0 * SqueezeExcite(self.se_hidden, name="se")(out) * out
+        self.sow("intermediates", "branch_var", _channel_var(out))
+        if train and self.stochdepth_rate > 0:
+            keep = 1.0 - self.stochdepth_rate
+            mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (out.shape[0], 1, 1, 1))
+            out = out * mask.astype(out.dtype) / keep
+        skip_gain = self.param("skip_gain", nn.initializers.constant(self.skip_gain_init), ())
+        out = out * skip_gain * self.alpha + shortcut
+        self.sow("intermediates", "stream_var", _channel_var(out))
+        return out
+
+
+def block_schedule(cfg: NFNetConfig) -> list[dict]:
+    """Per-block hyper-parameters in order: stage, stride, width, groups, beta,
+    expected input/output variance and stochastic-depth rate ([B21] bookkeeping).
+
+    The expected variance of the residual stream grows by alpha^2 per block and
+    resets to 1 + alpha^2 after each stage's first (transition) block, because the
+    transition shortcut sees the normalised input.
+    """
+    rows = []
+    expected_var = 1.0
+    index = 0
+    for stage, (depth, out_ch, stage_stride) in enumerate(zip(cfg.depths, cfg.widths, cfg.strides)):
+        width, groups = cfg.block_widths(stage)
+        for b in range(depth):
+            row = dict(
+                stage=stage,
+                out_ch=out_ch,
+                stride=stage_stride if b == 0 else 1,
+                width=width,
+                groups=groups,
+                beta=1.0 / expected_var**0.5,
+                in_var=expected_var,
+                # linear ramp over blocks, as in the official code: rate * index / num_blocks
+                stochdepth_rate=cfg.stochdepth_rate * index / cfg.num_blocks,
+            )
+            if b == 0:
+                expected_var = 1.0
+            expected_var += cfg.alpha**2
+            row["out_var"] = expected_var
+            rows.append(row)
+            index += 1
+    return rows
+
+
+class NFNet(nn.Module):
+    """The NFNet of `cfg`; `conv_impl` picks the grouped-conv kernels (layers.py)."""
+
+    cfg: NFNetConfig
+    conv_impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        cfg = self.cfg
+        impl = resolve_conv_impl(self.conv_impl)
+        act = gained_activation(cfg.activation, cfg.activation_gain)
+        stem = (*cfg.stem_widths, cfg.widths[0] // 2)
+        for i, (feats, stride) in enumerate(zip(stem, _STEM_STRIDES)):
+            if i:
+                x = act(x)  # between stem convs, not after the last
+            x = WSConv2D(feats, 3, stride, 1, impl, name=f"stem_conv{i}")(x)
+        for i, row in enumerate(block_schedule(cfg)):
+            x = NFBlock(
+                out_ch=row["out_ch"],
+                width=row["width"],
+                groups=row["groups"],
+                stride=row["stride"],
+                beta=row["beta"],
+                alpha=cfg.alpha,
+                stochdepth_rate=row["stochdepth_rate"],
+                se_hidden=max(1, int(row["out_ch"] * cfg.se_ratio)),
+                activation=cfg.activation,
+                activation_gain=cfg.activation_gain,
+                skip_gain_init=cfg.skip_gain_init,
+                impl=impl,
+                name=f"block{i}",
+            )(x, train)
+        x = WSConv2D(cfg.final_conv_mult * x.shape[-1], 1, 1, 1, impl, name="final_conv")(x)
+        x = jnp.mean(act(x), axis=(1, 2))
+        x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
+        return nn.Dense(
+            cfg.num_classes,
+            kernel_init=nn.initializers.normal(_CLASSIFIER_INIT_STD),
+            name="classifier",
+        )(x)
+
+
+def init_params(cfg: NFNetConfig, rng: jax.Array, resolution: int, conv_impl: str = "auto"):
+    """Parameter pytree of NFNet(cfg) for resolution x resolution inputs (jitted init).
+
+    Parameter shapes do not depend on the resolution; it only sizes the dummy input.
+    """
+    model = NFNet(cfg, conv_impl)
+    dummy = jnp.zeros((1, resolution, resolution, 3), jnp.float32)
+    init = jax.jit(lambda key: model.init(key, dummy, train=False)["params"])
+    return init(rng)
