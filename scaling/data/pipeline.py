@@ -188,13 +188,14 @@ class HeldoutPlan:
 
 
 def heldout_batches(ds: Dataset, *, batch_size: int, resolution: int,
-                    process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+                    process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
     """The whole held-out split once, in index order, unaugmented, at `resolution`.
 
     `batch_size` is global; each process gets its slice. Every batch has the same shape;
     `mask` is True for real examples (the padded tail repeats the last example).
-    Returns a grain MapDataset: iterate it (any number of times) or index it; len() is
-    the number of batches.
+    Returns a grain IterDataset: iterate it (each pass starts from the beginning); it
+    reads ahead a few batches in threads (grain's default buffer of 500 elements would
+    hold 500 whole batches).
     """
     _check_sharding(batch_size, process_index, process_count, "batch_size")
     if ds.heldout_size <= 0:
@@ -202,4 +203,5 @@ def heldout_batches(ds: Dataset, *, batch_size: int, resolution: int,
     num_batches = -(-ds.heldout_size // batch_size)
     plan = HeldoutPlan(ds.heldout_size, batch_size, process_index, process_count)
     load = LoadBatch(ds, HELDOUT, resolution, seed=0, augment=False)
-    return grain.MapDataset.range(num_batches).map(plan).map(load)
+    ds = grain.MapDataset.range(num_batches).map(plan).map(load)
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=PREFETCH_BATCHES))
