@@ -139,3 +139,13 @@ def test_cli_bad_spec_exits_2_with_one_line(tmp_path):
     assert out.stderr.startswith("error: grid.learning_rate: unknown key; ")
     assert len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs.db").exists()  # nothing written on bad input
+
+
+def test_dry_run_prints_the_grid_and_touches_no_store(tmp_path):
+    db = tmp_path / "runs.db"
+    out = subprocess.run([sys.executable, "-m", "scaling.cli", "sweep", "run", "demo", "--dry-run", "--json",
+                          "--store", f"sqlite:///{db}"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    assert plan["trials"] == 36 and len(plan["models"]) == 4 and plan["unit"] == "cpu-core-hours"
+    assert not db.exists()

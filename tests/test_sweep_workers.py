@@ -36,10 +36,17 @@ def worker_env(**extra) -> dict:
 
 
 def start_worker(url: str, results: Path, env: dict, *, lease: float, max_attempts: int = 3) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sweeps.worker", "--store", url, "--results-dir", str(results),
-                             "--trainer", FAKE, "--lease", str(lease), "--poll", "0.2",
-                             "--max-attempts", str(max_attempts)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    """A worker process logging to a file (a pipe nobody reads would fill and block it)."""
+    (results / "logs").mkdir(parents=True, exist_ok=True)
+    with open(results / "logs" / f"w{time.monotonic_ns()}.log", "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "sweeps.worker", "--store", url, "--results-dir",
+                                 str(results), "--trainer", FAKE, "--lease", str(lease), "--poll", "0.2",
+                                 "--max-attempts", str(max_attempts)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def logs_of(results: Path) -> str:
+    return "\n".join(p.read_text()[-1000:] for p in (results / "logs").glob("*.log"))
 
 
 def test_eight_concurrent_workers_do_every_trial_exactly_once(store_url, tmp_path):
@@ -49,8 +56,9 @@ def test_eight_concurrent_workers_do_every_trial_exactly_once(store_url, tmp_pat
     log = tmp_path / "completions.log"
     env = worker_env(FAKE_COMPLETIONS=log, FAKE_STEP_SECONDS=0.01)
     procs = [start_worker(store_url, tmp_path / "results", env, lease=60) for _ in range(8)]
-    errors = [p.communicate(timeout=240)[1].decode() for p in procs]
-    assert [p.returncode for p in procs] == [0] * 8, errors
+    for p in procs:
+        p.wait(timeout=240)
+    assert [p.returncode for p in procs] == [0] * 8, logs_of(tmp_path / "results")
     rows = store.rows("load")
     assert len(rows) == 48 and {r["status"] for r in rows} == {"done"}
     assert {r["attempts"] for r in rows} == {1}  # nothing re-claimed, nothing lost
@@ -88,8 +96,8 @@ def test_killed_workers_lose_nothing_and_results_match(store_url, tmp_path):
         kills += 1
         procs.append(start_worker(store_url, tmp_path / "results", env, lease=1.0, max_attempts=50))
     for p in procs:
-        p.communicate(timeout=180)
-    assert kills >= 4
+        p.wait(timeout=180)
+    assert kills >= 4, logs_of(tmp_path / "results")
     rows = store.rows("chaos")
     assert {r["status"] for r in rows} == {"done"}, [(r["status"], r["error"]) for r in rows]
     assert max(r["attempts"] for r in rows) > 1  # some trials really were interrupted and resumed
