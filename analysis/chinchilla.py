@@ -132,7 +132,7 @@ class ChinchillaFit:
                 "level": level, "flops_per_example": {"c": self.flops.c, "gamma": self.flops.gamma,
                                                       "n_models": self.flops.n_models},
                 "r2": self.r2, "status": self.status, "success": self.success,
-                "starts_agreeing": f"{self.starts_agreeing}/{min(self.starts, 32)} best starts",
+                "starts_agreeing": f"{self.starts_agreeing}/{min(self.starts, 32)}",
                 "converged_fraction": self.converged_fraction, "n_points": self.n_points,
                 "exponents": self.exponents(), "same_rate": self.same_rate(level)}
 

@@ -11,13 +11,13 @@ one resample is one row of a (B, n) weight matrix and all resamples are solved a
 
 Optimiser: a batched Levenberg-Marquardt on the iteratively reweighted least-squares
 majoriser of the Huber loss (the classical M-estimation algorithm), vectorised with
-numpy over B problems. It stops per problem only when the step of every parameter that
-still affects a prediction is below `xtol`, no
-damped step can lower the objective, or the objective has stopped falling (relative
-1e-12 over 50 iterations: a parameter drifting to a boundary such as E -> 0); a
-problem stopped by the iteration cap is reported as NOT converged. The single full-data fit is then polished with scipy's L-BFGS-B at tight
-tolerances and its status message is reported ([E24]: the original Chinchilla fit
-stopped early).
+numpy over B problems. It stops per problem only when (a) the step of every parameter
+that still affects a prediction is below `xtol`, (b) no damped step can lower a finite
+objective, or (c) the objective has stopped falling (relative 1e-12 over 50 iterations:
+a parameter drifting to a boundary such as E -> 0). A problem stopped by the iteration
+cap is reported as NOT converged. The single full-data fit is then polished with scipy's
+L-BFGS-B at tight tolerances and its status is reported ([E24]: the original Chinchilla
+fit stopped early).
 """
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def minimize_batched(theta0, designs, y, w, delta=HUBER_DELTA, xtol=1e-10, max_i
         small = np.max(np.abs(step) * live, axis=1) < xtol * (1.0 + np.max(np.abs(theta[idx]), axis=1))
         done = idx[ok & small]
         converged[done] = True
-        stuck = rej[lam[rej] > 1e10]  # no damped step lowers f: at a (numerical) minimum
+        stuck = rej[(lam[rej] > 1e10) & np.isfinite(f[rej])]  # no damped step lowers f: a (numerical) minimum
         converged[stuck] = True
         active[done] = False
         active[stuck] = False

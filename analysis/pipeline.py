@@ -82,7 +82,7 @@ def run_analysis(runs: pd.DataFrame, notes: list[str] | None = None, resamples: 
                  approach3: bool = True, polish: bool = True) -> Analysis:
     """All steps; `polish=False` (the planner) skips the L-BFGS-B polish of Approach 3."""
     notes = list(notes or [])
-    opt = lr.optimal_lr(runs) if len(runs) else lr.optimal_lr(runs.iloc[:0])
+    opt = lr.optimal_lr(runs)
     trend = lr.lr_trend(opt)
     res = Analysis(runs, notes, opt, trend, level=level, resamples=resamples, seed=seed)
     if opt.empty:
