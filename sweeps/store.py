@@ -413,11 +413,17 @@ class _Tx:
 
     def __exit__(self, et, ev, tb):
         try:
-            return self.cm.__exit__(et, ev, tb)
-        except (RuntimeFailure, BadInput):
-            raise
-        except Exception as err:  # noqa: BLE001
-            raise _translate(err, self.store) from None
+            suppressed = self.cm.__exit__(et, ev, tb)  # commit, or roll back on error
+        except Exception as err:  # noqa: BLE001 - the commit failed, or ev re-raised
+            translated = _translate(err, self.store)
+            if translated is err:
+                raise
+            raise translated from None
+        if ev is not None and not suppressed:
+            translated = _translate(ev, self.store)
+            if translated is not ev:
+                raise translated from None
+        return suppressed
 
 
 def _translate(err: Exception, store: Store) -> Exception:
@@ -431,7 +437,13 @@ def _translate(err: Exception, store: Store) -> Exception:
     if isinstance(orig, sqlite3.DatabaseError) and "malformed" in str(orig):
         return RuntimeFailure(f"store: {store.engine.url.database} is corrupt ({_one_line(orig)}); "
                               "nothing was changed: restore a copy or use another --store")
-    if isinstance(err, exc.OperationalError) or isinstance(err, exc.InterfaceError):
+    if isinstance(orig, sqlite3.OperationalError) and "locked" in str(orig):
+        return RuntimeFailure(f"store: {store.engine.url.database} stayed locked by another process for "
+                              "60 s; retry, or use PostgreSQL for many workers")
+    if isinstance(orig, sqlite3.OperationalError):
+        return RuntimeFailure(f"store: SQLite error on {store.engine.url.database} ({_one_line(orig)}); "
+                              "check the path and its permissions")
+    if isinstance(err, (exc.OperationalError, exc.InterfaceError)):
         return RuntimeFailure(f"store: cannot reach {where} ({_one_line(err)}); check the server is up "
                               "and the URL is right")
     return err

@@ -240,3 +240,15 @@ def test_version_1_store_is_migrated_forward_keeping_its_rows(store_url, tmp_pat
     store.record_sweep("old", {"lr_extension": {"enabled": False, "max_steps": 0, "min_lr": 0, "max_lr": None}})
     assert store.sweep_spec("old")["lr_extension"]["enabled"] is False
     store.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_lost_mid_session_is_a_clear_error(pg_url, pg_server_url, tmp_path):
+    store = Store(pg_url, results_dir=tmp_path)
+    store.enqueue(trials(1))
+    admin = sa.create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:  # the server drops our database and connections
+        conn.exec_driver_sql(f'DROP DATABASE "{sa.engine.make_url(pg_url).database}" WITH (FORCE)')
+    admin.dispose()
+    with pytest.raises(RuntimeFailure, match=r"^store: cannot reach postgresql.*check the server is up"):
+        store.claim("w", lease_seconds=30)
