@@ -97,12 +97,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     args = ap.parse_args()
     spec = f"procedural:classes={args.classes},res={args.resolution}"
-    print(f"machine: {os.cpu_count()} CPUs; dataset {spec}; batch {args.batch}; {args.resolution}x{args.resolution}")
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other jobs share the cores); "
+          f"dataset {spec}; batch {args.batch}; {args.resolution}x{args.resolution}")
     label, step_rate = train_step_rate(args.model, args.classes, args.batch, args.resolution, args.seconds)
     print(f"train step, {label}: {step_rate:,.0f} img/s")
     for w in (int(x) for x in args.workers.split(",")):
         rate = pipeline_rate(spec, args.batch, args.resolution, w, args.seconds)
         print(f"pipeline, worker_count={w}: {rate:,.0f} img/s  = {rate / step_rate:.1f}x the train step")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
