@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -71,6 +72,16 @@ def one(depth: float, width: float, resolution: int, batch: int, steps: int) -> 
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20)
@@ -98,7 +109,7 @@ def main() -> None:
         profile = units.with_peak(profile, units.measure_cpu_peak_per_core(), "calibrated now")
     cores = units.cores_in_use(profile, rows[0]["num_devices"])
     peak = cores * profile.peak_flops_per_core
-    print(f"machine: {platform.processor() or platform.machine()}, {cores} cores in use, "
+    print(f"machine: {_cpu_model()}, {cores} cores in use, load average {os.getloadavg()[0]:.1f}, "
           f"{rows[0]['num_devices']} x {rows[0]['device_kind']}; peak {peak:.3g} FLOP/s ({profile.source})")
     print(f"{'model':24} {'params':>9} {'res':>4} {'batch':>5} {'img/s':>8} {'GFLOP/s':>8} "
           f"{'util':>6} {'compile s':>9} {'maxrss MB':>9}")
