@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 
 from scaling.errors import BadInput
-from sweeps.schema import TRIAL_STATUSES
 from sweeps.spec import canonical_json
 from sweeps.store import Store, utcnow
 

@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.spec import load_spec
 from sweeps.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,35 +58,6 @@ def each_example_once_per_epoch(workdir: Path, steps: int, processes: int = 1) -
             assert seen == expect, f"epoch {epoch} is not a permutation of the dataset"
         else:  # a fraction of an epoch: no example twice
             assert len(seen) == len(set(seen)) == steps * BATCH
-
-
-@pytest.mark.slow  # 2 worker processes (jax import + cached compile, ~20 s each) and 3 real trials
-@pytest.mark.postgres
-def test_smoke_spec_end_to_end_with_two_workers(pg_url, tmp_path):
-    """`scaling sweep run smoke --workers 2` on PostgreSQL; the LR extension adds a trial.
-    (SQLite runs the same path in the chaos and multi-host tests below; one backend here
-    keeps the suite's time down.)"""
-    store_url = pg_url
-    spec = spec_file(tmp_path)
-    out = subprocess.run([sys.executable, "-m", "scaling.cli", "sweep", "run", str(spec), "--store", store_url,
-                          "--workers", "2", "--results-dir", str(tmp_path / "results"), "--json"],
-                         cwd=REPO, env=env(), capture_output=True, text=True, timeout=580)
-    logs = "\n".join(p.read_text()[-1500:] for p in (tmp_path / "results" / "logs").rglob("*.log"))
-    assert out.returncode == 0, out.stderr[-2000:] + logs
-    summary = json.loads(out.stdout)
-    assert summary["enqueued"] == 2 and summary["counts"]["pending"] == summary["counts"]["running"] == 0
-    store = Store(store_url, results_dir=tmp_path / "results")
-    rows = store.rows("smoke")
-    assert len(rows) == 3 and {r["status"] for r in rows} == {"done"}
-    ext = [r for r in rows if r["reason"] != "grid"]
-    assert len(ext) == 1 and ext[0]["reason"].startswith("lr-extension: best lr")
-    assert ext[0]["lr"] in (0.05, 0.4)  # one factor-2 step beyond whichever edge won
-    for r in rows:
-        assert r["examples_seen"] == TRAIN_SIZE // 2 and r["heldout_loss"] > 0
-        assert r["train_flops"] == 3 * r["flops_per_example"] * r["examples_seen"]
-        assert r["hardware"] == "cpu" and r["device_seconds"] > 0
-        assert [m["step"] for m in store.metrics_rows(r["trial_id"])][-1] == 4
-    store.dispose()
 
 
 @pytest.mark.slow  # ~5 worker process starts (~20 s each, cached compile) and 12 real 4-step trials
@@ -148,46 +117,4 @@ def test_sigkill_chaos_with_the_real_trainer(tmp_path):
     for r in interrupted:  # the uninterrupted result, computed here in one go
         ref = run_training(TrainConfig.from_dict(json.loads(r["config_json"])), tmp_path / "ref" / r["trial_id"][:8])
         assert r["heldout_loss"] == ref.heldout_loss, r["trial_id"]
-    store.dispose()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow  # 3 jax processes; the 2-process program compiles once (~30 s) then is cached
-def test_two_process_worker_next_to_a_single_process_worker(tmp_path):
-    """Two jax processes form ONE worker (process 0 claims and broadcasts, only it writes
-    to the store) beside a one-process worker; the 4 trials are shared between them."""
-    url = f"sqlite:///{tmp_path / 'runs.db'}"
-    spec = spec_file(tmp_path, epochs="[0.5]", lr="[0.05, 0.1, 0.2, 0.4]", extension=False, name="mh")
-    assert subprocess.run([sys.executable, "-m", "scaling.cli", "sweep", "run", str(spec), "--store", url,
-                           "--workers", "0"], cwd=REPO, env=env(), capture_output=True).returncode == 0
-    port = _free_port()
-    base = [sys.executable, "-m", "sweeps.worker", "--store", url, "--lease", "30", "--poll", "0.5"]
-    logs = [tmp_path / f"{n}.log" for n in ("p0", "p1", "single")]  # files: a full pipe would block a worker
-
-    def start(args, log, **extra):
-        with open(log, "wb") as f:
-            return subprocess.Popen(base + args, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env(**extra))
-
-    pair = [start(["--multihost", "--name", f"slice-p{i}"], logs[i], JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                  JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)) for i in range(2)]
-    single = start(["--name", "single"], logs[2])
-    for p in pair + [single]:
-        p.wait(timeout=580)
-    assert [p.returncode for p in pair + [single]] == [0, 0, 0], "\n".join(x.read_text()[-1500:] for x in logs)
-    store = Store(url)
-    rows = store.rows("mh")
-    assert {r["status"] for r in rows} == {"done"}
-    by = {r["worker"]: [x for x in rows if x["worker"] == r["worker"]] for r in rows}
-    assert set(by) <= {"slice-p0", "single"}  # process 1 never wrote to the store
-    for r in by.get("slice-p0", []):
-        assert r["num_devices"] == 2
-        each_example_once_per_epoch(store.trial_workdir(r["trial_id"], "mh"), 4, processes=2)
-    for r in by.get("single", []):
-        assert r["num_devices"] == 1
-    assert "slice-p0" in by, "the two-process worker got no trial"
     store.dispose()
