@@ -155,6 +155,10 @@ def test_heldout_covers_split_once_with_mask_and_is_deterministic():
             assert all(b["image"].shape == (8 // processes, 4, 4, 3) for b in batches)
             seen += [i for b in batches for i in b["index"][b["mask"]]]
         assert sorted(seen) == list(range(23))
+    from scaling.data.images import normalise
+
+    for b in heldout_batches(ds, batch_size=8, resolution=4):  # no augmentation
+        np.testing.assert_array_equal(b["image"], normalise(ds.source.read(1, b["index"], 4)[0]))
     again = [b["image"] for b in heldout_batches(ds, batch_size=8, resolution=4)]
     first = [b["image"] for b in heldout_batches(ds, batch_size=8, resolution=4)]
     for a, b in zip(again, first):
