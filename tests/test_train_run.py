@@ -134,8 +134,8 @@ def test_non_finite_loss_ends_as_diverged(tmp_path):
 
 
 def test_corrupt_latest_checkpoint_is_skipped(reference, tmp_path):
-    """Damage the newest checkpoint's array data: the run warns, falls back to the previous
-    checkpoint and still ends bitwise equal to the reference."""
+    """Damage the newest checkpoint's array data and leave a half-written one beside it:
+    the run warns, falls back to the previous checkpoint and still ends bitwise equal."""
     import shutil
 
     ref, ref_dir, _, _ = reference
@@ -145,12 +145,16 @@ def test_corrupt_latest_checkpoint_is_skipped(reference, tmp_path):
     latest = workdir / "checkpoints" / "16"
     damaged = 0
     for f in (latest / "state").rglob("*"):
-        if f.is_file() and f.stat().st_size > 64 and "d" in f.parent.name:  # array chunks
+        if f.is_file() and f.parent.name == "d":  # ocdbt data files: the arrays
             data = bytearray(f.read_bytes())
             data[len(data) // 2] ^= 0xFF
             f.write_bytes(bytes(data))
             damaged += 1
     assert damaged
+    # Also the leftovers of a save killed half-way (orbax's temporary directory).
+    partial = workdir / "checkpoints" / "20.orbax-checkpoint-tmp-1234567"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "junk").write_bytes(b"\0" * 100)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = run_training(tiny(), workdir)
