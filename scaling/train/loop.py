@@ -337,7 +337,7 @@ class _Run:
 
         evals = eval_steps(total_steps, cfg.eval_points)
         log_every = max(1, total_steps // MAX_LOGGED_STEPS)
-        bar = _progress_bar(total_steps, start, self.lead and self.progress)
+        bar = None  # made after the first step's compilation, so its rate/ETA exclude it
         status, diverged_step = "done", None
         self.heartbeat(force=True)
         try:
@@ -355,6 +355,8 @@ class _Run:
                 counters["compile_seconds"] += seconds
                 if seconds:
                     self.heartbeat(force=True)
+                if bar is None:
+                    bar = _progress_bar(total_steps, step - 1, self.lead and self.progress)
                 t0 = time.perf_counter()
                 state, metrics = train_step(state, batch, hyper)
                 loss = float(metrics["loss"])
@@ -377,7 +379,7 @@ class _Run:
                     row.update(heldout_loss=hl, heldout_accuracy=ha)
                 if step in evals or step % log_every == 0:
                     self.emit(row)
-                if bar is not None:
+                if bar is not None and bar is not False:
                     bar.update(1)
                     bar.set_postfix(img_s=f"{cfg.batch_size / max(dt, 1e-9):.0f}", loss=f"{loss:.3f}",
                                     lr=f"{lr:.3g}", refresh=False)
@@ -392,7 +394,7 @@ class _Run:
                 hl, ha = self.timed_evaluate(state["params"])
                 counters.update(heldout_loss=hl, heldout_accuracy=ha, heldout_step=total_steps)
         finally:
-            if bar is not None:
+            if bar is not None and bar is not False:
                 bar.close()
             ckpts.close()
             if self.tb is not None:
@@ -452,6 +454,7 @@ def measured_unit_for(hardware: str) -> str:
 # rate or the run length: one compilation per model shape; the persistent cache serves
 # new processes.
 _COMPILED: dict[Any, Callable] = {}
+MAX_COMPILED = 8  # executables kept per process (train + eval per shape), least recent dropped
 
 
 def compiled(kind: str, make: Callable[[], Callable], key: tuple, *args) -> tuple[Callable, float]:
@@ -461,10 +464,14 @@ def compiled(kind: str, make: Callable[[], Callable], key: tuple, *args) -> tupl
     avals = jax.tree.map(lambda x: (x.shape, str(x.dtype), x.sharding), args)
     full_key = (kind, key, str(avals))
     if full_key in _COMPILED:
+        _COMPILED[full_key] = _COMPILED.pop(full_key)  # most recently used last
         return _COMPILED[full_key], 0.0
     t0 = time.perf_counter()
-    _COMPILED[full_key] = make().lower(*args).compile()
-    return _COMPILED[full_key], time.perf_counter() - t0
+    executable = make().lower(*args).compile()
+    while len(_COMPILED) >= MAX_COMPILED:  # a long-lived sweep worker meets many shapes
+        _COMPILED.pop(next(iter(_COMPILED)))
+    _COMPILED[full_key] = executable
+    return executable, time.perf_counter() - t0
 
 
 def _put_replicated(value, sharding):
@@ -475,7 +482,7 @@ def _put_replicated(value, sharding):
 
 def _progress_bar(total: int, start: int, enabled: bool):
     if not enabled:
-        return None
+        return False  # "no bar" (None means "not made yet")
     from tqdm import tqdm
 
     return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
