@@ -11,15 +11,19 @@ mutable=["intermediates"] to read them) for signal-propagation checks.
 """
 from __future__ import annotations
 
+import zlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from scaling.models.config import NFNetConfig
 from scaling.models.layers import SqueezeExcite, WSConv2D, gained_activation, resolve_conv_impl
 
 _STEM_STRIDES = (2, 1, 1, 2)  # REFERENCE.md s2
 _CLASSIFIER_INIT_STD = 0.01  # REFERENCE.md s2
+_TRUNC_NORMAL_STD = 0.87962566103423978  # std of a unit normal truncated to [-2, 2] (flax/jax)
 
 
 def _channel_var(x: jax.Array) -> jax.Array:
@@ -48,7 +52,8 @@ class NFBlock(nn.Module):
     impl: str
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool, drop_u: jax.Array | None = None) -> jax.Array:
+        """drop_u: per-example uniforms [B] for stochastic depth (drawn once per network)."""
         act = gained_activation(self.activation, self.activation_gain)
         conv = lambda feats, k, name, stride=1, groups=1: WSConv2D(  # noqa: E731
             feats, k, stride, groups, self.impl, name=name
@@ -69,8 +74,8 @@ class NFBlock(nn.Module):
         self.sow("intermediates", "branch_var", _channel_var(out))
         if train and self.stochdepth_rate > 0:
             keep = 1.0 - self.stochdepth_rate
-            mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (out.shape[0], 1, 1, 1))
-            out = out * mask.astype(out.dtype) / keep
+            mask = (drop_u < keep).astype(out.dtype)[:, None, None, None]
+            out = out * mask / keep
         skip_gain = self.param("skip_gain", nn.initializers.constant(self.skip_gain_init), ())
         out = out * skip_gain * self.alpha + shortcut
         self.sow("intermediates", "stream_var", _channel_var(out))
@@ -82,19 +87,24 @@ def block_schedule(cfg: NFNetConfig) -> list[dict]:
     expected input/output variance and stochastic-depth rate ([B21] bookkeeping).
 
     The expected variance of the residual stream grows by alpha^2 per block and
-    resets to 1 + alpha^2 after each stage's first (transition) block, because the
-    transition shortcut sees the normalised input.
+    resets to 1 + alpha^2 after each transition block (stride 2 or a width change),
+    because the transition shortcut sees the normalised input. With the default
+    strides every stage starts with a transition, as in the official code.
     """
     rows = []
     expected_var = 1.0
     index = 0
+    in_ch = cfg.widths[0] // 2  # stem output
     for stage, (depth, out_ch, stage_stride) in enumerate(zip(cfg.depths, cfg.widths, cfg.strides)):
         width, groups = cfg.block_widths(stage)
         for b in range(depth):
+            stride = stage_stride if b == 0 else 1
+            transition = stride > 1 or in_ch != out_ch
             row = dict(
                 stage=stage,
                 out_ch=out_ch,
-                stride=stage_stride if b == 0 else 1,
+                stride=stride,
+                transition=transition,
                 width=width,
                 groups=groups,
                 beta=1.0 / expected_var**0.5,
@@ -102,12 +112,13 @@ def block_schedule(cfg: NFNetConfig) -> list[dict]:
                 # linear ramp over blocks, as in the official code: rate * index / num_blocks
                 stochdepth_rate=cfg.stochdepth_rate * index / cfg.num_blocks,
             )
-            if b == 0:
+            if transition:
                 expected_var = 1.0
             expected_var += cfg.alpha**2
             row["out_var"] = expected_var
             rows.append(row)
             index += 1
+            in_ch = out_ch
     return rows
 
 
@@ -127,6 +138,11 @@ class NFNet(nn.Module):
             if i:
                 x = act(x)  # between stem convs, not after the last
             x = WSConv2D(feats, 3, stride, 1, impl, name=f"stem_conv{i}")(x)
+        # One draw for every block's stochastic-depth mask: a threefry expansion per
+        # block made the train step's compile ~25% slower (measured, 2-core CPU).
+        drop_u = None
+        if train and cfg.stochdepth_rate > 0:
+            drop_u = jax.random.uniform(self.make_rng("dropout"), (cfg.num_blocks, x.shape[0]))
         for i, row in enumerate(block_schedule(cfg)):
             x = NFBlock(
                 out_ch=row["out_ch"],
@@ -142,7 +158,7 @@ class NFNet(nn.Module):
                 skip_gain_init=cfg.skip_gain_init,
                 impl=impl,
                 name=f"block{i}",
-            )(x, train)
+            )(x, train, None if drop_u is None else drop_u[i])
         x = WSConv2D(cfg.final_conv_mult * x.shape[-1], 1, 1, 1, impl, name="final_conv")(x)
         x = jnp.mean(act(x), axis=(1, 2))
         x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
@@ -154,11 +170,48 @@ class NFNet(nn.Module):
 
 
 def init_params(cfg: NFNetConfig, rng: jax.Array, resolution: int, conv_impl: str = "auto"):
-    """Parameter pytree of NFNet(cfg) for resolution x resolution inputs (jitted init).
+    """Parameter pytree of NFNet(cfg), drawn on the host with numpy from `rng`.
 
-    Parameter shapes do not depend on the resolution; it only sizes the dummy input.
+    Why not `model.init` under jit: compiling the init graph cost 10-50 s per shape on
+    our 2-core CPU (issue 2), more than many sweep trials train. Here only the shapes
+    are traced (jax.eval_shape, no compile) and each leaf is drawn with numpy from a
+    generator seeded by (rng, leaf path): deterministic, identical on every host.
+    Distributions are those of the modules' own initializers (see `_draw`).
+    The resolution only sizes the traced dummy input; shapes do not depend on it.
     """
+    from flax import traverse_util
+
     model = NFNet(cfg, conv_impl)
-    dummy = jnp.zeros((1, resolution, resolution, 3), jnp.float32)
-    init = jax.jit(lambda key: model.init(key, dummy, train=False)["params"])
-    return init(rng)
+    dummy = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), dummy)
+    seed = [int(v) for v in np.asarray(jax.random.key_data(rng)).ravel()]
+    flat = {}
+    for path, leaf in traverse_util.flatten_dict(shapes["params"]).items():
+        gen = np.random.default_rng([*seed, zlib.crc32("/".join(path).encode())])
+        flat[path] = jnp.asarray(_draw(path, leaf.shape, gen, cfg))
+    return traverse_util.unflatten_dict(flat)
+
+
+def _draw(path: tuple[str, ...], shape: tuple[int, ...], gen: np.random.Generator, cfg: NFNetConfig):
+    """One leaf, as the module initializers would draw it (float32)."""
+    name, parent = path[-1], path[-2] if len(path) > 1 else ""
+    fan_in = int(np.prod(shape[:-1])) if shape else 1
+    if name == "gain":
+        out = np.ones(shape)
+    elif name == "bias":
+        out = np.zeros(shape)
+    elif name == "skip_gain":
+        out = np.full(shape, cfg.skip_gain_init)
+    elif name == "kernel" and parent == "classifier":
+        out = gen.normal(0.0, _CLASSIFIER_INIT_STD, shape)
+    elif name == "kernel" and parent in ("fc0", "fc1"):
+        # flax Dense default (lecun_normal): truncated at 2 std, rescaled to std 1/sqrt(fan_in)
+        out = gen.standard_normal(shape)
+        while (bad := np.abs(out) > 2).any():
+            out[bad] = gen.standard_normal(int(bad.sum()))
+        out *= np.sqrt(1.0 / fan_in) / _TRUNC_NORMAL_STD
+    elif name == "kernel":
+        out = gen.normal(0.0, np.sqrt(1.0 / fan_in), shape)  # WSConv2D: fan-in normal
+    else:
+        raise ValueError(f"no initializer for parameter {'/'.join(path)}")
+    return out.astype(np.float32)
