@@ -23,6 +23,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -33,13 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from scaling.errors import BadInput
+from scaling.errors import BadInput, RuntimeFailure
 from sweeps.lr_extension import extend_sweep
 from sweeps.store import Claim, Store
 
 log = logging.getLogger("sweeps.worker")
 
 Trainer = Callable[..., object]
+MAX_STORE_RETRIES = 5  # consecutive failed claims before a worker gives up (backoff: poll x n)
 
 
 class LeaseLost(RuntimeError):
@@ -147,10 +149,21 @@ class Worker:
     def run(self) -> int:
         """Work until idle (or max_trials); returns the number of trials this worker ran."""
         opts = self.options
+        store_errors = 0
         while opts.max_trials is None or self.trials_run < opts.max_trials:
-            claim = self.store.claim(self.name, lease_seconds=opts.lease_seconds,
-                                     max_attempts=opts.max_attempts, prefer_shape=self.last_shape,
-                                     sweeps_only=opts.sweeps)
+            try:
+                claim = self.store.claim(self.name, lease_seconds=opts.lease_seconds,
+                                         max_attempts=opts.max_attempts, prefer_shape=self.last_shape,
+                                         sweeps_only=opts.sweeps)
+                store_errors = 0
+            except RuntimeFailure as err:
+                # A restarting server or a long-held SQLite lock: retry for a while.
+                store_errors += 1
+                if store_errors > MAX_STORE_RETRIES:
+                    raise
+                log.warning("%s: claim failed (%s); retry %d/%d", self.name, err, store_errors, MAX_STORE_RETRIES)
+                time.sleep(opts.poll_seconds * store_errors)
+                continue
             if claim is None:
                 if self._extend_all():
                     continue
@@ -192,6 +205,12 @@ class Worker:
             lease.stop()
             log.warning("%s", err)
             return None
+        except (KeyboardInterrupt, SystemExit):
+            # Stopped on purpose (Ctrl-C, SIGTERM): hand the trial back at once rather
+            # than after its lease expires; the next claim resumes its checkpoint.
+            lease.stop()
+            self.store.release(claim)
+            raise
         except Exception as err:  # noqa: BLE001 - any trainer failure is recorded, not fatal
             lease.stop()
             tb = traceback.format_exc(limit=-3)
@@ -285,6 +304,10 @@ def work(store_url: str, *, trainer: str | Trainer | None = None, options: Worke
         store.dispose()
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through run_trial, which releases the claim
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m sweeps.worker`: what `scaling sweep run --workers N` starts N times."""
     p = argparse.ArgumentParser(prog="python -m sweeps.worker")
@@ -300,10 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--multihost", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if not a.multihost:  # (jax.distributed handles SIGTERM itself as a pre-emption notice)
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     opts = WorkerOptions(lease_seconds=a.lease, max_attempts=a.max_attempts, poll_seconds=a.poll,
                          sweeps=tuple(a.sweep) if a.sweep else None, max_trials=a.max_trials)
-    from scaling.errors import RuntimeFailure
-
     try:
         work(a.store, trainer=a.trainer, options=opts, results_dir=a.results_dir,
              multihost=a.multihost, name=a.name)

@@ -195,3 +195,33 @@ def test_cli_run_status_export_import(tmp_path):
     assert imported.returncode == 0, imported.stderr
     assert json.loads(imported.stdout) == {"read": summary["total"], "added": summary["total"]}
     assert json.loads(cli("results", "import", str(tmp_path / "runs.csv"), "--store", other, "--json").stdout)["added"] == 0
+
+
+def test_a_stopped_worker_hands_its_trial_back_at_once(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'runs.db'}")
+    store.enqueue(tiny_trials(1, sweep="stop"))
+
+    def interrupted(config, workdir, **kw):
+        raise KeyboardInterrupt  # Ctrl-C (SIGTERM arrives as SystemExit the same way)
+
+    with pytest.raises(KeyboardInterrupt):
+        Worker(store, trainer=interrupted, options=WorkerOptions(lease_seconds=300)).run()
+    (row,) = store.rows("stop")
+    assert (row["status"], row["attempts"], row["worker"]) == ("pending", 0, None)
+    assert store.claim("next", lease_seconds=30) is not None  # no 300 s wait for the lease
+
+
+def test_sigterm_releases_the_claim(tmp_path):
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    store = Store(url)
+    store.enqueue(tiny_trials(1, sweep="term", epochs=50.0))  # 200 steps of 0.05 s: still running when stopped
+    proc = start_worker(url, tmp_path / "results", worker_env(FAKE_STEP_SECONDS=0.05), lease=300)
+    deadline = time.time() + 60
+    while not any(r["status"] == "running" for r in store.rows("term")) and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.terminate()
+    assert proc.wait(timeout=30) != 0
+    (row,) = store.rows("term")
+    assert (row["status"], row["attempts"]) == ("pending", 0), logs_of(tmp_path / "results")
+    assert len(store.metrics_rows(row["trial_id"])) > 0  # its progress so far was kept
