@@ -47,26 +47,45 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _conv(cin: int, cout: int, k: int, groups: int, out_hw: int) -> tuple[int, int]:
+def _valid_taps(n: int, k: int, stride: int) -> int:
+    """Sum over the SAME-padded outputs of one axis of the kernel taps that land inside
+    the input (lax's SAME: out = ceil(n / s), padding split low = total // 2)."""
+    out = _ceil_div(n, stride)
+    low = max((out - 1) * stride + k - n, 0) // 2
+    return sum(1 for o in range(out) for j in range(k) if 0 <= o * stride + j - low < n)
+
+
+def _conv(
+    cin: int, cout: int, k: int, groups: int, in_hw: int, stride: int, padding: bool
+) -> tuple[int, int]:
     """(params, MACs) of a weight-standardised conv: kernel + gain + bias."""
     kernel = k * k * (cin // groups) * cout
-    return kernel + 2 * cout, kernel * out_hw * out_hw
+    if padding:
+        out_hw = _ceil_div(in_hw, stride)
+        return kernel + 2 * cout, kernel * out_hw * out_hw
+    taps = _valid_taps(in_hw, k, stride) ** 2
+    return kernel + 2 * cout, taps * (cin // groups) * cout
 
 
 def _linear(cin: int, cout: int) -> tuple[int, int]:
     return cin * cout + cout, cin * cout
 
 
-def count(cfg: NFNetConfig, resolution: int) -> ModelCounts:
-    """Exact params and forward MACs per example of `cfg` on resolution x resolution inputs."""
+def count(cfg: NFNetConfig, resolution: int, *, count_padding: bool = True) -> ModelCounts:
+    """Exact params and forward MACs per example of `cfg` on resolution x resolution inputs.
+
+    count_padding=False skips the taps that fall on SAME padding, as XLA's cost
+    analysis does; it exists to cross-check against XLA (tests), not for reporting.
+    """
     if not isinstance(resolution, int) or resolution < 1:
         raise BadInput(f"resolution: must be a positive integer, got {resolution!r}; e.g. 224")
     parts: list[tuple[int, int]] = []
     h, ch = resolution, 3
     stem = (*cfg.stem_widths, cfg.widths[0] // 2)
+    pad = count_padding
     for cout, stride in zip(stem, _STEM_STRIDES):
+        parts.append(_conv(ch, cout, _K, 1, h, stride, pad))
         h = _ceil_div(h, stride)
-        parts.append(_conv(ch, cout, _K, 1, h))
         ch = cout
     for stage, (depth, out, stage_stride) in enumerate(zip(cfg.depths, cfg.widths, cfg.strides)):
         width, groups = cfg.block_widths(stage)
@@ -74,18 +93,18 @@ def count(cfg: NFNetConfig, resolution: int) -> ModelCounts:
         for b in range(depth):
             stride = stage_stride if b == 0 else 1
             h_out = _ceil_div(h, stride)
-            parts.append(_conv(ch, width, 1, 1, h))  # conv0, before the stride
-            parts.append(_conv(width, width, _K, groups, h_out))  # conv1 (strided)
-            parts.append(_conv(width, width, _K, groups, h_out))  # conv1b
-            parts.append(_conv(width, out, 1, 1, h_out))  # conv2
+            parts.append(_conv(ch, width, 1, 1, h, 1, pad))  # conv0, before the stride
+            parts.append(_conv(width, width, _K, groups, h, stride, pad))  # conv1 (strided)
+            parts.append(_conv(width, width, _K, groups, h_out, 1, pad))  # conv1b
+            parts.append(_conv(width, out, 1, 1, h_out, 1, pad))  # conv2
             if stride > 1 or ch != out:
-                parts.append(_conv(ch, out, 1, 1, h_out))  # shortcut projection
+                parts.append(_conv(ch, out, 1, 1, h_out, 1, pad))  # shortcut projection
             parts.append(_linear(out, hidden))  # SE
             parts.append(_linear(hidden, out))
             parts.append((1, 0))  # skip_gain
             ch, h = out, h_out
     final = cfg.final_conv_mult * ch
-    parts.append(_conv(ch, final, 1, 1, h))
+    parts.append(_conv(ch, final, 1, 1, h, 1, pad))
     parts.append(_linear(final, cfg.num_classes))
     return ModelCounts(
         params=sum(p for p, _ in parts), macs=sum(m for _, m in parts), resolution=resolution
