@@ -25,7 +25,7 @@ from scaling.train import TrainConfig, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "results" / "test_jax_cache"
-DATASET = "procedural:classes=10,train_size=64,heldout=40,res=16"
+DATASET = "procedural:classes=10,train_size=64,heldout=37,res=16"  # 37: last held-out batch padded
 TRAIN_SIZE, BATCH = 64, 8
 
 
@@ -320,3 +320,42 @@ def test_cli_unknown_unit_exits_2_in_a_real_process(tmp_path):
                          env=clean_env(), capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.startswith("error: unit:") and "did you mean 'tpu-v4-core-hours'" in out.stderr
+
+
+# ------------------------------------------------------- evaluation and checkpoint cadence
+
+
+def test_heldout_loss_is_exact_under_padding(reference):
+    """The reference evaluated 37 examples in batches of 8 (last one padded); one unpadded
+    batch of all 37 with the final params gives the same mean up to float rounding."""
+    import jax
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    from scaling.data import get_dataset, heldout_batches
+    from scaling.models.config import family_config
+    from scaling.models.nfnet import NFNet
+
+    ref, workdir, _, _ = reference
+    state = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / "16" / "state")
+    ds = get_dataset(DATASET)
+    (batch,) = list(heldout_batches(ds, batch_size=37, resolution=16))
+    assert batch["mask"].all()
+    model = NFNet(family_config(0.25, 0.03125, num_classes=10))
+    forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))  # one compile
+    logits = forward(state["params"], batch["image"])
+    logp = np.asarray(jax.nn.log_softmax(np.asarray(logits, np.float64)))
+    loss = -logp[np.arange(37), batch["label"]].mean()
+    assert ref.heldout_loss == pytest.approx(loss, rel=1e-5)
+    assert ref.heldout_accuracy == pytest.approx((np.argmax(logp, 1) == batch["label"]).mean())
+
+
+def test_checkpoint_due_every_n_steps_or_m_minutes(tmp_path):
+    from scaling.train.checkpoint import RunCheckpoints
+
+    by_steps = RunCheckpoints(tmp_path / "a", every_steps=5, every_minutes=60)
+    assert [s for s in range(1, 13) if by_steps.due(s, total_steps=12)] == [5, 10, 12]
+    by_time = RunCheckpoints(tmp_path / "b", every_steps=1000, every_minutes=0.5 / 60)
+    assert not by_time.due(1, total_steps=100)
+    time.sleep(0.6)
+    assert by_time.due(2, total_steps=100)
