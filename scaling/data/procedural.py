@@ -26,7 +26,7 @@ TRAIN, HELDOUT = 0, 1  # the split bit of every instance key
 
 # Difficulty and look. Values are our own, tuned on this project's small models so the
 # held-out loss keeps falling with model size and data (docs/data.md, learnability).
-MAX_MAPS = 4  # maps per class drawn from {2, 3, 4}; FractalDB uses 2-8 (Kataoka 2020 s3)
+MAX_MAPS = 4  # maps per class drawn from {2, 3, 4}; FractalDB draws 2-8 (Kataoka et al. 2020)
 CLASS_SIGMA = (0.45, 0.85)  # largest singular value of each class map: contractive
 INSTANCE_SIGMA_CAP = 0.92  # perturbed maps are rescaled below this to stay contractive
 NOISE_TILES = 16  # noise tiles per resolution (see ProceduralSource.noise_bank)
@@ -46,7 +46,7 @@ class ProceduralConfig:
     noise: float = 0.06  # amplitude of uniform per-pixel noise (fraction of 255)
     rotation: float = 30.0  # instances are rotated by up to +- this many degrees
     hue_jitter: float = 0.1  # std of the foreground hue around its class hue (1 = full circle)
-    points_per_pixel: float = 1.2  # chaos-game points per output pixel
+    points_per_pixel: float = 1.2  # chaos-game points per output pixel (fixed: not in specs or name)
 
     @property
     def name(self) -> str:
