@@ -75,7 +75,9 @@ def get_dataset(spec: str = "procedural", *, num_classes: int | None = None, tra
     For real sources `num_classes` checks the labels found (a label >= num_classes is
     an error) and `heldout_size` carves a held-out split from a folder that has none.
     `resolution` only applies to the procedural set (real images are resized by the
-    pipeline to whatever resolution it is asked for).
+    pipeline to whatever resolution it is asked for). `seed` is the dataset's own seed
+    (procedural classes; a flat folder's held-out choice), not the training seed; the
+    default 0 leaves a spec's `seed=` option in force.
     """
     kind, _, rest = spec.partition(":")
     kind = kind.strip().lower()
