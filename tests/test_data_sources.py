@@ -185,3 +185,5 @@ def test_unknown_spec_is_one_line_bad_input():
         get_dataset("imagenet:/x")
     with pytest.raises(BadInput, match="needs a location"):
         get_dataset("folder:")
+    with pytest.raises(BadInput, match="^train_size: only the procedural"):
+        get_dataset("cifar10:/x", train_size=100)

@@ -87,6 +87,10 @@ def get_dataset(spec: str = "procedural", *, num_classes: int | None = None, tra
         return _procedural(rest, overrides)
     from scaling.data import sources
 
+    for field, value in (("train_size", train_size), ("resolution", resolution)):
+        if value is not None:  # refuse rather than silently ignore
+            raise BadInput(f"{field}: only the procedural dataset takes it; {kind} data has its own size "
+                           "(real images are resized to the pipeline's resolution)")
     if not rest:
         raise BadInput(f"dataset: {spec!r} needs a location after the colon, e.g. {kind}:/path/to/data")
     if kind == "folder":
