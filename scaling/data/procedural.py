@@ -175,15 +175,15 @@ def render(
     choice = sum((choice_u > cum_prob[:, k, None, None]).astype(np.intp) for k in range(MAX_MAPS - 1))
     flat_k = np.arange(b)[:, None, None] * MAX_MAPS + choice
     # Any real affine map of the plane is z -> alpha z + beta conj(z) + c in complex
-    # numbers; one gather of (alpha, beta, c) per step instead of six.
+    # numbers: three gathers (alpha, beta, c) per step instead of six.
     a00, a01, a10, a11 = linear[..., 0, 0], linear[..., 0, 1], linear[..., 1, 0], linear[..., 1, 1]
-    coef = np.stack([((a00 + a11) + 1j * (a10 - a01)) / 2, ((a00 - a11) + 1j * (a10 + a01)) / 2,
-                     offset[..., 0] + 1j * offset[..., 1]], axis=-1).reshape(b * MAX_MAPS, 3).astype(np.complex64)
+    coef_alpha, coef_beta, coef_shift = (c.reshape(-1).astype(np.complex64) for c in (
+        ((a00 + a11) + 1j * (a10 - a01)) / 2, ((a00 - a11) + 1j * (a10 + a01)) / 2, offset[..., 0] + 1j * offset[..., 1]))
     z = np.repeat((fixed[:, 0] + 1j * fixed[:, 1]).astype(np.complex64)[:, None], n_particles, axis=1)  # [B, P]
     zs = []
     for t in range(CHAOS_ITERS):
-        alpha, beta, shift0 = np.moveaxis(np.take(coef, flat_k[:, t], axis=0), -1, 0)
-        z = alpha * z + beta * np.conj(z) + shift0
+        k = flat_k[:, t]
+        z = coef_alpha.take(k) * z + coef_beta.take(k) * np.conj(z) + coef_shift.take(k)
         if t >= CHAOS_SKIP:
             zs.append(z)
     z = np.concatenate(zs, axis=1)  # [B, N]
