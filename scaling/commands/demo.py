@@ -1,11 +1,221 @@
-"""`scaling demo`: the main job. Until the sweep and analysis exist it runs what does."""
+"""`scaling demo`: the whole study at toy scale, the first thing a user runs.
+
+One command strings the real parts together, so what it shows is what a pod-sized
+study does (docs/demo.md):
+  1. the bundled sweep `sweeps/specs/demo.toml` is enqueued into the store and worked
+     by the sweep runner's local worker processes (`sweeps.runner.run_sweep`), with its
+     progress bar; checkpoints and worker logs go next to the store (results/);
+  2. the analysis (`analysis.pipeline.run_analysis`) fits the laws and
+     `analysis.report.write_report` writes report.html + figures;
+  3. the planner answers for a budget one order of magnitude beyond the sweep's largest
+     trial, i.e. an extrapolation, and says so.
+Running it again reuses every finished trial (the enqueue is idempotent); after Ctrl-C
+the next run resumes the interrupted trials from their checkpoints.
+
+Orchestration only: no jax here (the workers import it), so the command starts fast.
+"""
 from __future__ import annotations
 
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
 import typer
+
+from scaling.errors import BadInput, RuntimeFailure
+
+DEFAULT_STORE = "sqlite:///results/runs.db"  # DESIGN.md, results store
+DEFAULT_OUT = "results/demo"
+DEFAULT_SPEC = "demo"  # sweeps/specs/demo.toml
+# Two local workers on a 2-core machine: each trains a small model on ~1 core, which
+# measured faster than one worker using both (docs/demo.md).
+DEFAULT_WORKERS = 2
+# The planner's budget: this many orders of magnitude beyond the largest trial (issue 7).
+PLAN_DECADES_BEYOND = 1.0
+
+
+@dataclass
+class DemoResult:
+    sweep: str
+    store: str
+    trials: int  # trials of the sweep in the store after the run
+    trained: int  # trials this call finished (0 when everything was already done)
+    train_wall_seconds: float  # wall time of the training phase of this call
+    counts: dict
+    report: Path
+    figures: list[Path]
+    notes: list[str]
+    plan: dict | None  # the planner's answer (None when no law could be fitted)
+    plan_error: str | None = None
+    law: dict = field(default_factory=dict)  # the frontier law L = k C^-b (estimate + interval)
+
+
+class _FirstCtrlCWaits:
+    """Ctrl-C reaches the workers too (one process group): each hands its trial back to
+    the store and exits. The first Ctrl-C therefore only marks the demo as stopping and
+    lets the runner see its workers exit; terminating them at once could cut a hand-back
+    short and leave the trial held until its lease expires. A second Ctrl-C forces."""
+
+    def __init__(self, echo):
+        self.echo, self.requested, self._old = echo, False, None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.echo("\nstopping: the workers are handing their trials back (Ctrl-C again to force)")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _finished(counts: dict) -> int:
+    return counts.get("done", 0) + counts.get("failed", 0) + counts.get("diverged", 0)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
+
+
+def run_demo(spec: str = DEFAULT_SPEC, store_url: str = DEFAULT_STORE, out: str | Path = DEFAULT_OUT, *,
+             workers: int = DEFAULT_WORKERS, trainer: str | None = None, resamples: int = 1000,
+             progress: bool = True, echo: Callable[[str], None] = print) -> DemoResult:
+    """Sweep -> analysis -> report -> plan. `trainer` ("module:function") replaces the
+    real trainer in the worker processes (tests); `echo` receives the status lines."""
+    from sweeps.runner import run_sweep
+    from sweeps.spec import expand, load_spec, total_train_flops
+
+    sweep = load_spec(spec)  # BadInput here, before the store is touched
+    grid = expand(sweep)
+    flops = total_train_flops(sweep, grid)
+    echo(f"demo: sweep '{sweep.name}': {len(grid)} grid trials on {sweep.dataset}"
+         + (f" ({flops:.3g} training FLOPs before LR extension)" if flops else "") + f"; store {store_url}")
+
+    # Enqueue only (idempotent; applies any due LR extension), to learn what is left to do.
+    before = run_sweep(spec, store_url, workers=0, progress=False)
+    start_done = before.counts.get("done", 0)
+    todo = before.counts.get("pending", 0) + before.counts.get("running", 0)
+    t0 = time.monotonic()
+    if todo == 0:
+        echo(f"all {before.total} trials already finished in the store: nothing to train "
+             f"(delete the store and results/trials/{sweep.name}/ to start over)")
+        after = before
+    else:
+        if workers < 1:
+            raise BadInput(f"--workers: {workers} cannot train the {todo} unfinished trials; use 1 or more")
+        resumed = before.total - before.enqueued - _finished(before.counts)
+        echo(f"training {todo} trials ({before.enqueued} new, {resumed} resumed or left from an earlier run) "
+             f"with {workers} worker processes; Ctrl-C stops, `scaling demo` again resumes")
+        with _FirstCtrlCWaits(echo) as stop:
+            try:
+                after = run_sweep(spec, store_url, workers=workers, trainer=trainer, progress=progress)
+            except RuntimeFailure:
+                if not stop.requested:  # a worker failed on its own
+                    raise
+            if stop.requested:  # the workers exited after handing their trials back
+                raise KeyboardInterrupt
+    wall = time.monotonic() - t0
+    trained = after.counts.get("done", 0) - start_done
+    if todo:
+        bad = {k: after.counts.get(k, 0) for k in ("failed", "diverged") if after.counts.get(k, 0)}
+        echo(f"trained {trained} trials in {_minutes(wall)}"
+             + (f"; {', '.join(f'{v} {k}' for k, v in bad.items())} (`scaling sweep status`)" if bad else ""))
+
+    result = _analyse(sweep, store_url, Path(out), resamples)
+    return DemoResult(sweep=sweep.name, store=store_url, trials=after.total, trained=max(trained, 0),
+                      train_wall_seconds=wall, counts=after.counts, **result)
+
+
+def _analyse(sweep, store_url: str, out: Path, resamples: int) -> dict:
+    """The analysis of THIS sweep's trials (a store may hold other sweeps), then the plan."""
+    from analysis import planner
+    from analysis.load import clean, read_store
+    from analysis.pipeline import run_analysis
+    from analysis.report import write_report
+
+    raw = read_store(store_url)
+    runs, notes = clean(raw[raw["sweep"] == sweep.name])
+    analysis = run_analysis(runs, notes, resamples=resamples)
+    report = write_report(analysis, out, unit=sweep.report_unit)
+    figures = sorted(report.parent.glob("*.png"))
+    law = {}
+    if "power" in analysis.laws:
+        fit = analysis.laws["power"]
+        law = {"k": fit.params["k"], "b": fit.params["b"], "b_interval": list(fit.intervals()["b"]),
+               "r2": fit.r2}
+    plan, error = None, None
+    if analysis.approach3 is None or analysis.opt.empty:
+        error = "; ".join(n for n in analysis.notes if "Approach 3" in n or "nothing" in n) or "no law fitted"
+    else:
+        budget = analysis.compute_range[1] * 10 ** PLAN_DECADES_BEYOND
+        plan = planner.plan(analysis, budget, "flops", extrapolate=True)
+    return {"report": report, "figures": figures, "notes": analysis.notes, "plan": plan,
+            "plan_error": error, "law": law}
+
+
+def summary_lines(r: DemoResult) -> list[str]:
+    from analysis.planner import format_plan
+
+    lines = [f"report: {r.report}", "figures: " + ", ".join(p.name for p in r.figures)]
+    lines += [f"note: {n}" for n in r.notes]
+    if r.law:
+        lo, hi = r.law["b_interval"]
+        lines.append(f"frontier law: L = {r.law['k']:.3g} x C^-{r.law['b']:.3g} "
+                     f"(b in [{lo:.3g}, {hi:.3g}], R^2 {r.law['r2']:.3f}; C in training FLOPs)")
+    if r.plan is None:
+        lines.append(f"planner: no answer ({r.plan_error})")
+        return lines
+    lines.append(f"planner, for {10 ** PLAN_DECADES_BEYOND:g}x the largest trial's compute -- an EXTRAPOLATION "
+                 f"beyond every fitted run (`scaling plan --extrapolate`):")
+    lines += ["  " + line for line in format_plan({**r.plan, "notes": []}).splitlines()]
+    return lines
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    def demo() -> None:
-        """Run the demo sweep on the built-in dataset, then the analysis (in progress)."""
-        typer.echo("scaling demo: the pipeline is being built; nothing to run yet.")
+    def demo(
+        store: str = typer.Option(DEFAULT_STORE, "--store", help="results store URL (sqlite:///... or postgresql://...)"),
+        out: Path = typer.Option(Path(DEFAULT_OUT), "--out", help="directory for report.html, figures and fits.json"),
+        workers: int = typer.Option(DEFAULT_WORKERS, "--workers", min=0,
+                                    help="local worker processes (2 suits a 2-core CPU)"),
+        spec: str = typer.Option(DEFAULT_SPEC, "--spec",
+                                 help="sweep spec to run instead of the bundled demo (a TOML path or bundled name)"),
+        resamples: int = typer.Option(1000, "--resamples", min=1, help="bootstrap resamples of the report's intervals"),
+        as_json: bool = typer.Option(False, "--json", help="print the summary and the plan as JSON"),
+        trainer: Optional[str] = typer.Option(None, hidden=True, help="module:function (tests)"),
+    ) -> None:
+        """Run the demo sweep on the built-in dataset, analyse it, write the report and plan
+        for ten times the sweep's largest compute (an extrapolation). Re-running reuses
+        finished trials; after Ctrl-C it resumes."""
+        import json
+
+        echo = (lambda s: typer.echo(s, err=True)) if as_json else typer.echo
+        try:
+            r = run_demo(spec, store, out, workers=workers, trainer=trainer, resamples=resamples,
+                         progress=True, echo=echo)
+        except KeyboardInterrupt:
+            typer.echo("\ninterrupted: finished trials are in the store and the interrupted ones were handed "
+                       "back with their checkpoints; run `scaling demo` again to resume", err=True)
+            raise typer.Exit(130) from None
+        if as_json:
+            from analysis.pipeline import jsonable
+
+            d = {k: getattr(r, k) for k in ("sweep", "store", "trials", "trained", "train_wall_seconds", "counts",
+                                            "notes", "plan", "plan_error", "law")}
+            d.update(report=str(r.report), figures=[str(p) for p in r.figures])
+            typer.echo(json.dumps(jsonable(d), allow_nan=False, indent=1))
+        else:
+            for line in summary_lines(r):
+                typer.echo(line)
+        if r.plan is None:
+            raise RuntimeFailure(f"demo: the report is written ({r.report}) but the planner cannot answer: "
+                                 f"{r.plan_error}")

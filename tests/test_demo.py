@@ -1,0 +1,171 @@
+"""`scaling demo`: its wiring (sweep -> store -> report -> plan), idempotence and resume.
+
+The fast tests run the real command, the real sweep runner and its worker processes
+on a tiny spec, with `law_trainer` below standing in for the trainer (the real
+trainer's path through the runner is tested in tests/test_sweep_e2e.py and
+test_sweep_chaos.py; the demo's real-trainer timing is in docs/demo.md). The stand-in's
+loss follows a known Approach 3 law of the REAL parameter counts and examples, with a
+known best learning rate, so the analysis has a law to find and the planner answers.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TRAINER = "test_demo:law_trainer"
+
+# A known L(N, D) = E + A/N^alpha + B/D^beta (the [H22] form; toy constants) plus a
+# factor-2 lr penalty around BEST_LR, so every group's optimum is interior.
+E, A, ALPHA, B, BETA, BEST_LR = 0.5, 40.0, 0.5, 60.0, 0.5, 0.4
+
+SPEC = """
+name = "demotest"
+dataset = "procedural:classes=10,train_size=256,heldout=40,res=16"
+num_classes = 10
+train_examples = 256
+heldout_examples = 40
+batch_size = 16
+resolution = 16
+seeds = [0]
+report_unit = "cpu-core-hours"
+
+[recipe]
+checkpoint_every_steps = 4
+
+[grid]
+depth_mults = [0.25, 0.5]
+width_mults = [0.03125, 0.0625]
+epochs = [1, 2, 4]
+lr = { centre = 0.4, steps = 1 }
+
+[lr_extension]
+enabled = true
+max_steps = 1
+"""
+
+
+def law_trainer(config: dict, workdir: Path, *, on_metrics=None, on_heartbeat=None) -> dict:
+    """A resumable stand-in for `run_training` whose held-out loss follows a known law."""
+    from scaling.models.config import get_config
+    from scaling.models.counts import count
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    counts = count(get_config(config["model"], num_classes=10), config["resolution"])
+    steps = round(config["epochs"] * 256 / config["batch_size"])
+    state = workdir / "state.json"
+    step = json.loads(state.read_text())["step"] if state.exists() else 0
+    delay = float(os.environ.get("DEMO_TEST_STEP_SECONDS", "0"))
+    while step < steps:
+        time.sleep(delay)
+        step += 1
+        if on_heartbeat:
+            on_heartbeat()
+        if on_metrics:
+            on_metrics({"step": step, "examples_seen": step * config["batch_size"], "train_loss": 2.0,
+                        "lr": config["lr"], "wall_time": step * delay})
+        state.write_text(json.dumps({"step": step}))  # the "checkpoint"
+    examples = steps * config["batch_size"]
+    loss = (E + A / counts.params ** ALPHA + B / examples ** BETA
+            + 0.02 * math.log2(config["lr"] / BEST_LR) ** 2)
+    return {"status": "done", "diverged_step": None, "heldout_loss": loss, "heldout_accuracy": 0.5,
+            "params": counts.params, "flops_per_example": float(counts.flops),
+            "train_flops": 3.0 * counts.flops * examples, "device_seconds": 0.01 * steps, "hardware": "cpu",
+            "num_devices": 1, "examples_seen": examples, "compile_seconds": 0.0}
+
+
+def demo_cmd(tmp_path: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "scaling.cli", "demo", "--spec", str(tmp_path / "demotest.toml"),
+            "--store", f"sqlite:///{tmp_path / 'results' / 'runs.db'}", "--out", str(tmp_path / "report"),
+            "--workers", "2", "--trainer", TRAINER, "--resamples", "100", *extra]
+
+
+def demo_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), env.get("PYTHONPATH", "")])
+    env.update(extra)
+    return env
+
+
+def statuses(tmp_path: Path) -> dict[str, int]:
+    with sqlite3.connect(tmp_path / "results" / "runs.db") as db:
+        return dict(db.execute("SELECT status, count(*) FROM trials WHERE sweep = 'demotest' GROUP BY status"))
+
+
+def test_demo_runs_sweep_report_and_plan_then_trains_nothing_the_second_time(tmp_path):
+    (tmp_path / "demotest.toml").write_text(SPEC)
+    first = subprocess.run(demo_cmd(tmp_path), cwd=REPO, env=demo_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr[-3000:]
+    assert "training 36 trials" in first.stdout and "trained 36 trials" in first.stdout
+    assert statuses(tmp_path) == {"done": 36}  # lr optimum interior everywhere: no extension
+    report = tmp_path / "report" / "report.html"
+    assert report.is_file() and f"report: {report}" in first.stdout
+    for fig in ("loss_vs_compute", "optimal_lr", "optimal_size"):
+        assert (tmp_path / "report" / f"{fig}.png").stat().st_size > 5000
+    assert "EXTRAPOLATION" in first.stdout and "predicted held-out loss" in first.stdout
+    assert (tmp_path / "results" / "trials" / "demotest").is_dir()  # workdirs next to the store
+
+    second = subprocess.run(demo_cmd(tmp_path, "--json"), cwd=REPO, env=demo_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "nothing to train" in second.stderr
+    out = json.loads(second.stdout)
+    assert out["trained"] == 0 and out["trials"] == 36 and out["counts"]["done"] == 36
+    with sqlite3.connect(tmp_path / "results" / "runs.db") as db:
+        largest = db.execute("SELECT max(train_flops) FROM trials WHERE sweep = 'demotest'").fetchone()[0]
+    plan = out["plan"]
+    assert plan["budget"]["flops"] == pytest.approx(10 * largest, rel=1e-9)
+    assert plan["extrapolated"] and plan["decades_outside"] == pytest.approx(1.0)
+    # The stand-in's law is exact at every group's best lr, so the fitted Approach 3 law
+    # must reproduce it at the recommended (N, D), and the lr trend must find BEST_LR.
+    n, d = plan["recommended"]["params"], plan["examples"]
+    assert plan["predicted_loss"] == pytest.approx(E + A / n ** ALPHA + B / d ** BETA, rel=0.01)
+    assert plan["peak_lr"] == pytest.approx(BEST_LR, rel=0.3)
+
+
+def test_ctrl_c_then_demo_again_resumes(tmp_path):
+    (tmp_path / "demotest.toml").write_text(SPEC)
+    env = demo_env(DEMO_TEST_STEP_SECONDS="0.05")
+    proc = subprocess.Popen(demo_cmd(tmp_path), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and statuses_or_empty(tmp_path).get("done", 0) < 4:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err[-3000:]
+    assert "run `scaling demo` again to resume" in err
+    left = statuses(tmp_path)
+    assert left.get("running", 0) == 0 and 4 <= left.get("done", 0) < 36  # handed back, not left held
+
+    again = subprocess.run(demo_cmd(tmp_path), cwd=REPO, env=demo_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr[-3000:]
+    assert f"trained {36 - left['done']} trials" in again.stdout
+    assert statuses(tmp_path) == {"done": 36}
+
+
+def statuses_or_empty(tmp_path: Path) -> dict[str, int]:
+    try:
+        return statuses(tmp_path)
+    except sqlite3.Error:
+        return {}
+
+
+def test_bad_spec_exits_2_without_creating_a_store(tmp_path):
+    (tmp_path / "demotest.toml").write_text(SPEC.replace("epochs = [1, 2, 4]", "epochs = [1, -2]"))
+    out = subprocess.run(demo_cmd(tmp_path), cwd=REPO, env=demo_env(), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2 and out.stderr.startswith("error: ") and len(out.stderr.splitlines()) == 1
+    assert not (tmp_path / "results" / "runs.db").exists()
