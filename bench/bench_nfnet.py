@@ -34,6 +34,12 @@ SIZES = {
 NUM_CLASSES = 10
 LR, MOMENTUM = 0.01, 0.9  # plain SGD + momentum on both sides; the values do not change the cost
 TORCH_THREADS = 2  # the machine's 2 cores (XLA's CPU client uses every core by default)
+# torch's OpenMP threads spin-wait by default; when other processes share the cores
+# (this machine's usual state) a spinning thread holds a core its partner needs and a
+# timm step becomes 5-30x slower (measured: 8.4 s instead of 1.0 s at 4.3M params, load
+# ~8). PASSIVE (sleep when idle) is torch's best setting under load, so the peer gets it
+# unless the caller sets the variable; it must be set before torch starts OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 # --- the peer: timm ----------------------------------------------------------------------
@@ -203,6 +209,7 @@ def machine() -> dict:
         timm=timm.__version__,
         torch_threads=torch.get_num_threads(),
         xla_flags=os.environ.get("XLA_FLAGS", ""),
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""),
         loadavg_start=os.getloadavg(),
     )
 
@@ -257,7 +264,8 @@ def main(argv=None) -> int:
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores, {info['platform']}")
     print(f"versions: python {info['python']}, jax {info['jax']} (jaxlib {info['jaxlib']}), flax {info['flax']}, "
-          f"torch {info['torch']} ({info['torch_threads']} threads), timm {info['timm']}; "
+          f"torch {info['torch']} ({info['torch_threads']} threads, OMP_WAIT_POLICY={info['omp_wait_policy']}), "
+          f"timm {info['timm']}; "
           f"XLA_FLAGS={info['xla_flags']!r}; conv_impl={args.conv_impl}")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in info['loadavg_start'])}")
     print(f"batch {args.batch}, fp32, SGD+momentum step; {args.repeats} interleaved repeats x {args.steps} steps; medians")
