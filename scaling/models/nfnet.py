@@ -138,8 +138,10 @@ class NFNet(nn.Module):
             if i:
                 x = act(x)  # between stem convs, not after the last
             x = WSConv2D(feats, 3, stride, 1, impl, name=f"stem_conv{i}")(x)
-        # One draw for every block's stochastic-depth mask: a threefry expansion per
-        # block made the train step's compile ~25% slower (measured, 2-core CPU).
+        # One draw for every block's stochastic-depth mask rather than one threefry
+        # expansion per block: with per-block draws a tiny F0's train-mode grad
+        # compiled in 31 s vs 24 s in eval mode (busy 2-core CPU); RNG code is costly
+        # to compile on CPU.
         drop_u = None
         if train and cfg.stochdepth_rate > 0:
             drop_u = jax.random.uniform(self.make_rng("dropout"), (cfg.num_blocks, x.shape[0]))
