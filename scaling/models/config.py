@@ -44,7 +44,8 @@ class NFNetConfig:
     group_width: int = 128  # channels per group of the 3x3 convs; REFERENCE.md s2
     bottleneck_ratio: float = 0.5  # bottleneck = ratio x block output width; REFERENCE.md s2
     # How the bottleneck width meets the group width (the "+" rule, REFERENCE.md s2):
-    #   "round": official code; round down to a multiple of group_width (F4+: 525.0M / 333.39B)
+    #   "round": official code; round down to a multiple of group_width (F4+: 525.0M / 333.39B);
+    #            a bottleneck narrower than one group is kept as one group
     #   "keep":  keep int(ratio x width) as is, in max(1, width // group_width) equal groups
     #            (F0+..F7+ first stage: 192 channels in one group; F4+: 527M / 367B, Table 3)
     # The two rules differ only where ratio x width is not a multiple of group_width.
@@ -75,8 +76,8 @@ class NFNetConfig:
         out_ch = self.widths[stage]
         width = int(out_ch * self.bottleneck_ratio)
         groups = max(1, width // self.group_width)
-        if self.bottleneck_rule == "round":
-            width = groups * self.group_width
+        if self.bottleneck_rule == "round" and width >= self.group_width:
+            width = groups * self.group_width  # a narrower bottleneck stays one group
         return width, groups
 
     def with_(self, **overrides) -> "NFNetConfig":
