@@ -6,14 +6,15 @@ optimizer masks and AGC read these paths and shapes (REFERENCE.md s2, AGC).
 
 Why several conv implementations: on CPU, XLA's native grouped convolution
 (`feature_group_count`) is tens of times slower than the same work split per group,
-1x1 convs run faster as an einsum, and 3x3 convs on tiny maps run faster as one
-im2col matrix product (issue 2 measurements; ours in docs/models.md). GPUs and TPUs
-have fast native grouped convs, so `conv_impl="auto"` picks by backend:
+1x1 convs run faster as a plain matrix product, and 3x3 convs on tiny maps run much
+faster as one matrix product (issue 2; our timings in docs/bench_nfnet.md). GPUs and
+TPUs have fast native grouped convs, so `conv_impl="auto"` picks by backend:
   native  lax.conv_general_dilated with feature_group_count (GPU/TPU default)
   split   one lax conv per group, concatenated
-  gemm    every kxk conv as im2col (shifted copies) + one batched matmul over groups
-  cpu     per layer, the fastest on CPU (the rule in `_cpu_choice`; it also uses the
-          centre tap alone for kxk convs of 1x1 maps, where the other taps see padding)
+  gemm    im2col: the k*k shifted copies of x side by side, one matmul batched over groups
+  dense   the conv as one matmul with its (Toeplitz) matrix over the whole map: for
+          maps of a few pixels, where im2col would mostly copy padding
+  cpu     per layer, the fastest on CPU (the rule in `_cpu_choice`)
 All produce the same numbers up to float32 summation order (tests/test_models_layers.py).
 """
 from __future__ import annotations
@@ -23,9 +24,10 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-CONV_IMPLS = ("native", "split", "gemm", "cpu")
+CONV_IMPLS = ("native", "split", "gemm", "dense", "cpu")
 WS_EPS = 1e-4  # floor on fan_in * var in weight standardisation; REFERENCE.md s2
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -74,54 +76,104 @@ def _split(x, w, stride: int, groups: int):
 
 
 def _pointwise(x, w, groups: int):
-    """1x1 stride-1 conv as an einsum (per group when grouped)."""
+    """1x1 stride-1 conv as a matrix product (batched over groups when grouped).
+
+    Ungrouped, it is one 2-D dot on [B*H*W, C]: the grouped einsum with a size-1 group
+    axis made XLA's CPU layout pass transpose the activations around the dot.
+    """
     b, h, wd, c = x.shape
     cout = w.shape[-1]
+    if groups == 1:
+        return jnp.dot(x.reshape(b * h * wd, c), w.reshape(c, cout)).reshape(b, h, wd, cout)
     xg = x.reshape(b, h, wd, groups, c // groups)
     wg = w.reshape(c // groups, groups, cout // groups)
     return jnp.einsum("bhwgc,cgd->bhwgd", xg, wg).reshape(b, h, wd, cout)
 
 
-def _center_tap(x, w, stride: int, groups: int):
-    """kxk SAME conv of a 1x1 map: only the centre tap meets data (the rest is padding)."""
-    kh, kw = w.shape[:2]
-    return _pointwise(x[:, :1, :1, :], w[kh // 2 : kh // 2 + 1, kw // 2 : kw // 2 + 1], groups)
-
-
 def _gemm(x, w, stride: int, groups: int):
-    """kxk conv as im2col: gather the k*k shifted (SAME-padded, strided) copies of x,
-    then one matmul contracting taps and in-channels, batched over groups."""
+    """kxk conv as im2col: the k*k shifted (SAME-padded, strided) copies of x placed side
+    by side on the channel axis, then one matmul contracting taps and in-channels.
+
+    Grouped, x is first moved to group-major order [G, B, H, W, C/G] (one copy of x)
+    so the copies and the matmul batched over groups need no further transposes: the
+    earlier version stacked taps at [B, H, W, k*k, G, C/G] and XLA transposed that 9x
+    larger array for the dot (a quarter of the train step at 4M params, 32x32).
+    """
     kh, kw, cin_g, cout = w.shape
     if kh == kw == 1 and stride == 1:
         return _pointwise(x, w, groups)
     b, h, wd, c = x.shape
+    cout_g = cout // groups
     pads = lax.padtype_to_pads((h, wd), (kh, kw), (stride, stride), "SAME")
-    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
     ho, wo = -(-h // stride), -(-wd // stride)
+    xg = jnp.moveaxis(x.reshape(b, h, wd, groups, cin_g), 3, 0)  # G, B, H, W, C/G
+    xp = jnp.pad(xg, ((0, 0), (0, 0), *pads, (0, 0)))
     taps = [
-        xp[:, i : i + (ho - 1) * stride + 1 : stride, j : j + (wo - 1) * stride + 1 : stride, :]
+        xp[:, :, i : i + (ho - 1) * stride + 1 : stride, j : j + (wo - 1) * stride + 1 : stride, :]
         for i in range(kh)
         for j in range(kw)
     ]
-    patches = jnp.stack(taps, axis=3).reshape(b, ho, wo, kh * kw, groups, cin_g)
-    wg = w.reshape(kh * kw, cin_g, groups, cout // groups)
-    return jnp.einsum("bhwkgc,kcgd->bhwgd", patches, wg).reshape(b, ho, wo, cout)
+    patches = jnp.concatenate(taps, axis=-1).reshape(groups, b * ho * wo, kh * kw * cin_g)
+    wg = jnp.moveaxis(w.reshape(kh * kw * cin_g, groups, cout_g), 1, 0)  # G, k*k*C/G, D/G
+    y = lax.dot_general(patches, wg, (((2,), (1,)), ((0,), (0,))))  # G, B*Ho*Wo, D/G
+    return jnp.moveaxis(y.reshape(groups, b, ho, wo, cout_g), 0, 3).reshape(b, ho, wo, cout)
+
+
+def _toeplitz_taps(h: int, w: int, kh: int, kw: int, stride: int) -> np.ndarray:
+    """[H*W, Ho*Wo] index of the kernel tap linking input pixel p to output pixel o
+    under SAME padding, or kh*kw where none does (static, built at trace time)."""
+    (pt, _), (pl, _) = lax.padtype_to_pads((h, w), (kh, kw), (stride, stride), "SAME")
+    ho, wo = -(-h // stride), -(-w // stride)
+    r, s, i, j = np.meshgrid(np.arange(h), np.arange(w), np.arange(ho), np.arange(wo), indexing="ij")
+    di, dj = r - i * stride + pt, s - j * stride + pl
+    valid = (di >= 0) & (di < kh) & (dj >= 0) & (dj < kw)
+    return np.where(valid, di * kw + dj, kh * kw).reshape(h * w, ho * wo)
+
+
+def _dense(x, w, stride: int, groups: int):
+    """kxk conv of a tiny map as one matmul with the conv's matrix over the whole map:
+    y[b, (o, d)] = sum_(p, c) x[b, (p, c)] T[(p, c), (o, d)], block (p, o) of T being the
+    tap that links input pixel p to output pixel o (zero if none).
+
+    On a 2x2 map each output pixel meets only 4 of the 9 taps (the rest is padding), so
+    this does 4/9 of im2col's multiplies and copies no activations; on a 1x1 map it is
+    the centre tap alone. Cost grows as (H*W)^2, so `_cpu_choice` uses it for maps of at
+    most 2x2 (measured faster there; slower from 4x4 on, docs/bench_nfnet.md).
+    """
+    kh, kw, cin_g, cout = w.shape
+    b, h, wd, c = x.shape
+    cout_g = cout // groups
+    ho, wo = -(-h // stride), -(-wd // stride)
+    p, o = h * wd, ho * wo
+    idx = _toeplitz_taps(h, wd, kh, kw, stride)
+    taps = w.reshape(kh * kw, cin_g, groups, cout_g)
+    taps = jnp.concatenate([taps, jnp.zeros_like(taps[:1])])  # index kh*kw: no tap
+    t = taps[idx]  # P, O, C/G, G, D/G
+    if groups == 1:
+        t = jnp.transpose(t[:, :, :, 0], (0, 2, 1, 3)).reshape(p * cin_g, o * cout_g)
+        return jnp.dot(x.reshape(b, p * c), t).reshape(b, ho, wo, cout)
+    t = jnp.transpose(t, (3, 0, 2, 1, 4)).reshape(groups, p * cin_g, o * cout_g)
+    xg = jnp.transpose(x.reshape(b, p, groups, cin_g), (2, 0, 1, 3)).reshape(groups, b, p * cin_g)
+    y = lax.dot_general(xg, t, (((2,), (1,)), ((0,), (0,))))  # G, B, O*D/G
+    return jnp.transpose(y.reshape(groups, b, o, cout_g), (1, 2, 0, 3)).reshape(b, ho, wo, cout)
 
 
 def _cpu_choice(x_shape, w_shape, stride: int, groups: int) -> str:
-    """Fastest implementation on CPU for this layer (timings in docs/models.md):
-    1x1 convs as an einsum; a 1x1 input map by its centre tap alone; 2x2 maps (and
-    stride-2 convs on maps up to 4x4) as im2col GEMM; other grouped convs split per group.
+    """Fastest implementation on CPU for this layer (timings in docs/bench_nfnet.md):
+    1x1 convs as a matrix product; maps of at most 2x2 pixels as one dense matmul;
+    strided grouped convs as im2col GEMM; other grouped convs split per group (XLA's
+    ungrouped conv is fast from 4x4 maps up, where im2col's copies cost more than the
+    matmul); ungrouped convs native.
     """
     kh, kw = w_shape[:2]
     h, w = x_shape[1], x_shape[2]
     if kh == kw == 1 and stride == 1:
-        return "gemm"  # -> _pointwise einsum
-    if h == w == 1:
-        return "center"
-    if h * w <= 4 or (stride > 1 and h * w <= 16):
-        return "gemm"
-    return "split" if groups > 1 else "native"
+        return "gemm"  # -> _pointwise
+    if h * w <= 4:
+        return "dense"
+    if groups > 1:
+        return "gemm" if stride > 1 else "split"
+    return "native"
 
 
 def conv2d(x: jax.Array, w: jax.Array, *, stride: int = 1, groups: int = 1, impl: str = "native"):
@@ -134,8 +186,8 @@ def conv2d(x: jax.Array, w: jax.Array, *, stride: int = 1, groups: int = 1, impl
         return _split(x, w, stride, groups)
     if impl == "gemm":
         return _gemm(x, w, stride, groups)
-    if impl == "center":
-        return _center_tap(x, w, stride, groups)
+    if impl == "dense":
+        return _dense(x, w, stride, groups)
     raise ValueError(f"unknown conv impl {impl!r}; one of {CONV_IMPLS}")
 
 
