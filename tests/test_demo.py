@@ -27,6 +27,7 @@ TRAINER = "test_demo:law_trainer"
 # A known L(N, D) = E + A/N^alpha + B/D^beta (the [H22] form; toy constants) plus a
 # factor-2 lr penalty around BEST_LR, so every group's optimum is interior.
 E, A, ALPHA, B, BETA, BEST_LR = 0.5, 40.0, 0.5, 60.0, 0.5, 0.4
+HELD = (4.0, 0.8)  # (epochs, lr) of the trials the resume test interrupts (one per model)
 
 SPEC = """
 name = "demotest"
@@ -65,16 +66,20 @@ def law_trainer(config: dict, workdir: Path, *, on_metrics=None, on_heartbeat=No
     steps = round(config["epochs"] * 256 / config["batch_size"])
     state = workdir / "state.json"
     step = json.loads(state.read_text())["step"] if state.exists() else 0
-    delay = float(os.environ.get("DEMO_TEST_STEP_SECONDS", "0"))
+    # While the file DEMO_TEST_HOLD names exists, the HELD trials stop after their first
+    # step (inside the trainer, heartbeating), so a test can Ctrl-C workers mid-trial.
+    hold = os.environ.get("DEMO_TEST_HOLD")
     while step < steps:
-        time.sleep(delay)
         step += 1
         if on_heartbeat:
             on_heartbeat()
         if on_metrics:
             on_metrics({"step": step, "examples_seen": step * config["batch_size"], "train_loss": 2.0,
-                        "lr": config["lr"], "wall_time": step * delay})
+                        "lr": config["lr"], "wall_time": step * 0.01})
         state.write_text(json.dumps({"step": step}))  # the "checkpoint"
+        while hold and Path(hold).exists() and (config["epochs"], config["lr"]) == HELD:
+            time.sleep(0.05)
+            on_heartbeat()
     examples = steps * config["batch_size"]
     loss = (E + A / counts.params ** ALPHA + B / examples ** BETA
             + 0.02 * math.log2(config["lr"] / BEST_LR) ** 2)
@@ -102,12 +107,31 @@ def statuses(tmp_path: Path) -> dict[str, int]:
         return dict(db.execute("SELECT status, count(*) FROM trials WHERE sweep = 'demotest' GROUP BY status"))
 
 
-def test_demo_runs_sweep_report_and_plan_then_trains_nothing_the_second_time(tmp_path):
+def test_demo_end_to_end_with_ctrl_c_resume_and_a_rerun_that_trains_nothing(tmp_path):
+    """One test, three runs (each run costs interpreter + worker start-ups): Ctrl-C a
+    first run, resume it to a report and a plan, then run again and train nothing."""
     (tmp_path / "demotest.toml").write_text(SPEC)
+    hold = tmp_path / "hold"
+    hold.touch()
+    proc = subprocess.Popen(demo_cmd(tmp_path), cwd=REPO, env=demo_env(DEMO_TEST_HOLD=str(hold)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and held_mid_trial(tmp_path) < 2:
+        time.sleep(0.2)
+    assert held_mid_trial(tmp_path) == 2, "both workers should be inside a held trial"
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground process group
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err[-3000:]
+    assert "run `scaling demo` again to resume" in err
+    left = statuses(tmp_path)
+    assert left.get("running", 0) == 0 and 1 <= left.get("done", 0) <= 34  # handed back, not held
+    assert left["pending"] == 36 - left["done"]
+
     first = subprocess.run(demo_cmd(tmp_path), cwd=REPO, env=demo_env(), capture_output=True, text=True,
                            timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr[-3000:]
-    assert "training 36 trials" in first.stdout and "trained 36 trials" in first.stdout
+    assert f"training {36 - left['done']} trials" in first.stdout
+    assert f"trained {36 - left['done']} trials" in first.stdout
     assert statuses(tmp_path) == {"done": 36}  # lr optimum interior everywhere: no extension
     report = tmp_path / "report" / "report.html"
     assert report.is_file() and f"report: {report}" in first.stdout
@@ -134,33 +158,14 @@ def test_demo_runs_sweep_report_and_plan_then_trains_nothing_the_second_time(tmp
     assert plan["peak_lr"] == pytest.approx(BEST_LR, rel=0.3)
 
 
-def test_ctrl_c_then_demo_again_resumes(tmp_path):
-    (tmp_path / "demotest.toml").write_text(SPEC)
-    env = demo_env(DEMO_TEST_STEP_SECONDS="0.05")
-    proc = subprocess.Popen(demo_cmd(tmp_path), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and statuses_or_empty(tmp_path).get("done", 0) < 4:
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, out + err[-3000:]
-    assert "run `scaling demo` again to resume" in err
-    left = statuses(tmp_path)
-    assert left.get("running", 0) == 0 and 4 <= left.get("done", 0) < 36  # handed back, not left held
-
-    again = subprocess.run(demo_cmd(tmp_path), cwd=REPO, env=demo_env(), capture_output=True, text=True,
-                           timeout=300)
-    assert again.returncode == 0, again.stdout + again.stderr[-3000:]
-    assert f"trained {36 - left['done']} trials" in again.stdout
-    assert statuses(tmp_path) == {"done": 36}
-
-
-def statuses_or_empty(tmp_path: Path) -> dict[str, int]:
+def held_mid_trial(tmp_path: Path) -> int:
+    """Running HELD trials that have written a metrics row (their worker is in the trainer)."""
     try:
-        return statuses(tmp_path)
-    except sqlite3.Error:
-        return {}
+        with sqlite3.connect(tmp_path / "results" / "runs.db") as db:
+            return db.execute("SELECT count(*) FROM trials t WHERE status = 'running' AND epochs = ? AND lr = ? "
+                              "AND EXISTS (SELECT 1 FROM metrics m WHERE m.trial_id = t.trial_id)", HELD).fetchone()[0]
+    except sqlite3.Error:  # not created yet
+        return 0
 
 
 def test_bad_spec_exits_2_without_creating_a_store(tmp_path):
