@@ -50,15 +50,24 @@ def normal(keys: np.ndarray, counter: int) -> np.ndarray:
     return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
 
 
+def bits16(keys: np.ndarray, counter: np.ndarray) -> np.ndarray:
+    """Four 16-bit words per hash, low word first: uint16 [..., 4 * len(counter)] for 1-D counter.
+
+    The words are a little-endian view of the 64-bit hashes (no shifting or stacking).
+    """
+    with np.errstate(over="ignore"):
+        bits = mix64(np.asarray(keys, np.uint64)[..., None] + (counter.astype(np.uint64) + np.uint64(1)) * _GOLDEN)
+    bits = bits.astype("<u8", copy=False)  # the word order below is that of little-endian storage
+    return bits.view(np.uint16)
+
+
 def uniform16(keys: np.ndarray, counter: np.ndarray) -> np.ndarray:
     """Four uniforms in [0, 1) per hash (16 bits each): cheap pixel noise.
 
     Returns shape keys.shape + counter.shape + (4,), float32.
     """
-    with np.errstate(over="ignore"):
-        bits = mix64(np.asarray(keys, np.uint64)[..., None] + (counter.astype(np.uint64) + np.uint64(1)) * _GOLDEN)
-    parts = np.stack([(bits >> np.uint64(16 * i)) & np.uint64(0xFFFF) for i in range(4)], axis=-1)
-    return parts.astype(np.float32) * np.float32(1.0 / 65536)
+    words = bits16(keys, counter).reshape(*np.shape(keys), *counter.shape, 4)
+    return words.astype(np.float32) * np.float32(1.0 / 65536)
 
 
 def permute(positions: np.ndarray, n: int, seed_key: int | np.ndarray) -> np.ndarray:

@@ -59,20 +59,36 @@ class ProceduralConfig:
 
 
 def _contract(maps: np.ndarray, cap: np.ndarray | float) -> np.ndarray:
-    """Rescale 2x2 matrices [..., 2, 2] whose largest singular value exceeds cap."""
-    sigma = np.linalg.norm(maps, ord=2, axis=(-2, -1))
-    factor = np.minimum(1.0, np.asarray(cap) / np.maximum(sigma, 1e-9))
-    return maps * factor[..., None, None]
+    """Rescale 2x2 matrices [..., 2, 2] whose largest singular value exceeds cap.
+
+    A closed-form 2x2 norm (error ~1e-8 relative) clears the matrices that are surely
+    below the cap (factor exactly 1); only the rest go through numpy's SVD, so the
+    result is bit-identical to an SVD of all of them at a fraction of the cost.
+    """
+    sq = (maps * maps).sum(axis=(-2, -1))
+    det = maps[..., 0, 0] * maps[..., 1, 1] - maps[..., 0, 1] * maps[..., 1, 0]
+    rough = np.sqrt((sq + np.sqrt(np.maximum(sq * sq - 4 * det * det, 0))) / 2)
+    near = rough >= np.asarray(cap) * (1 - 1e-6)
+    if not near.any():
+        return maps
+    sigma = np.linalg.norm(maps[near], ord=2, axis=(-2, -1))
+    factor = np.minimum(1.0, np.broadcast_to(cap, near.shape)[near] / np.maximum(sigma, 1e-9))
+    out = maps.copy()
+    out[near] *= factor[..., None, None]
+    return out
+
+
+# hsv_to_rgb: which of (v, p, q, t) is R, G, B in each of the six hue sectors.
+_HSV_SECTORS = np.array([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]])
 
 
 def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Vectorised HSV -> RGB, float32 [..., 3]; hue wraps around 1."""
+    """Vectorised HSV -> RGB, float32 [n, 3] for 1-D h, s, v; hue wraps around 1."""
     h6 = (h % 1.0) * 6
     sector = np.floor(h6).astype(np.intp) % 6
     f = h6 - np.floor(h6)
-    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    table = np.stack([np.stack(c, -1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))])
-    return table[sector, np.arange(h.size).reshape(h.shape)].astype(np.float32)  # h, s, v: 1-D [B]
+    parts = np.stack([v, v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)])  # v, p, q, t: [4, n]
+    return parts[_HSV_SECTORS[sector], np.arange(h.size)[:, None]].astype(np.float32)
 
 
 def class_table(num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -101,6 +117,7 @@ class ProceduralSource:
         self._linear, self._offset, self._prob = class_table(config.num_classes, config.seed)
         self._hue = np.random.default_rng([config.seed, 0xC010]).uniform(size=config.num_classes)
         self._noise_banks: dict[int, np.ndarray] = {}
+        self._scaled_noise: dict[int, np.ndarray] = {}
 
     def noise_bank(self, resolution: int) -> np.ndarray:
         """NOISE_TILES uniform [-1, 1] tiles of 3 x 2R x 2R; instances crop one at random.
@@ -113,6 +130,12 @@ class ProceduralSource:
             shape = (NOISE_TILES, 3, 2 * resolution, 2 * resolution)
             self._noise_banks[resolution] = rng.uniform(-1, 1, size=shape).astype(np.float32)
         return self._noise_banks[resolution]
+
+    def scaled_noise(self, resolution: int) -> np.ndarray:
+        """noise_bank(resolution) * config.noise, float32, computed once per resolution."""
+        if resolution not in self._scaled_noise:
+            self._scaled_noise[resolution] = np.float32(self.config.noise) * self.noise_bank(resolution)
+        return self._scaled_noise[resolution]
 
     def __repr__(self) -> str:  # stable: grain checkpoints compare pipeline reprs
         return f"ProceduralSource({self.config.name})"
@@ -129,8 +152,54 @@ class ProceduralSource:
         indices = np.asarray(indices, np.int64)
         labels = self.labels(split, indices)
         keys = hashing.key(self.config.seed, 0xDA7A, 2 * indices + split)
-        return render(keys, labels, self._linear, self._offset, self._prob, self._hue, self.noise_bank(resolution),
-                      resolution, self.config), labels
+        return render(keys, labels, self._linear, self._offset, self._prob, self._hue,
+                      self.scaled_noise(resolution), resolution, self.config), labels
+
+
+# Every per-image random number except the chaos game's map choices, in one table:
+# name -> (hash counter, how many, Gaussian?). Counter c draws the values
+# c * 2**32 + j (j < how many; a Gaussian takes counters 2v and 2v + 1 for Box-Muller),
+# so every number is a hash of (key, its own counter) and they are all drawn by one
+# vectorised hash call. Counter 3 is the chaos game's (hashing.bits16).
+_DRAWS = {
+    "map_noise": (1, MAX_MAPS * 4, True), "offset_noise": (2, MAX_MAPS * 2, True), "angle": (4, 1, False),
+    "scale": (5, 1, False), "shift": (6, 2, False), "hue": (7, 1, True), "light_fg": (8, 1, False),
+    "fg_light_value": (9, 1, False), "fg_dark_value": (10, 1, False), "bg_dark_value": (11, 1, False),
+    "bg_light_value": (12, 1, False), "fg_saturation": (13, 1, False), "bg_hue": (14, 1, False),
+    "bg_saturation": (15, 1, False), "grad_angle": (16, 1, False), "grad_amp": (17, 1, False),
+    "tile": (18, 1, False), "noise_offset": (19, 2, False),
+}
+_CHOICE_COUNTER = 3
+
+
+def _draw_layout() -> tuple[np.ndarray, dict[str, slice], dict[str, slice]]:
+    """Counters of all draws in one vector; where each uniform / Gaussian's values sit."""
+    counters, uniform_at, gauss_at, pos = [], {}, {}, 0
+    for name, (c, n, is_gauss) in _DRAWS.items():
+        v = c * 2**32 + np.arange(n)
+        if is_gauss:
+            counters += [2 * v, 2 * v + 1]
+            gauss_at[name] = slice(pos, pos + 2 * n)  # first n: u1, next n: u2
+            pos += 2 * n
+        else:
+            counters.append(v)
+            uniform_at[name] = slice(pos, pos + n)
+            pos += n
+    return np.concatenate(counters), uniform_at, gauss_at
+
+
+_COUNTERS, _UNIFORM_AT, _GAUSS_AT = _draw_layout()
+
+
+def _draw(keys: np.ndarray) -> dict[str, np.ndarray]:
+    """All per-image draws [B, n] (float64): uniforms in [0, 1), Gaussians by Box-Muller."""
+    u = hashing.uniform(keys[:, None], _COUNTERS)
+    out = {name: u[:, at] for name, at in _UNIFORM_AT.items()}
+    for name, at in _GAUSS_AT.items():  # the same arithmetic as hashing.normal
+        n = (at.stop - at.start) // 2
+        u1, u2 = u[:, at.start:at.start + n], u[:, at.start + n:at.stop]
+        out[name] = np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
+    return out
 
 
 def render(
@@ -140,99 +209,128 @@ def render(
     class_offset: np.ndarray,
     class_prob: np.ndarray,
     class_hue: np.ndarray,
-    noise_bank: np.ndarray,
+    scaled_noise: np.ndarray,
     resolution: int,
     config: ProceduralConfig,
 ) -> np.ndarray:
-    """Render one image per key: uint8 [B, R, R, 3]. Pure function of its inputs."""
+    """Render one image per key: uint8 [B, R, R, 3]. Pure function of its inputs.
+
+    `scaled_noise` is the noise bank times config.noise (float32). Large arrays are
+    updated in place (out=): at 16 px a batch is small enough that allocation and
+    page faults cost as much as the arithmetic.
+    """
     b, r = len(keys), resolution
-    counter = iter(range(1, 1_000_000))  # distinct hash counters for each draw below
-
-    def u(shape=()):
-        c = next(counter)
-        n = int(np.prod(shape))
-        return hashing.uniform(keys[:, None], c * 2**32 + np.arange(n)).reshape((b, *shape))
-
-    def gauss(shape=()):
-        c = next(counter)
-        n = int(np.prod(shape))
-        return hashing.normal(keys[:, None], c * 2**32 + np.arange(n)).reshape((b, *shape))
+    d = _draw(keys)
 
     # 1. Instance maps: the class maps, perturbed (FractalDB's intra-class variation).
-    linear = class_linear[labels] + config.perturb * gauss((MAX_MAPS, 2, 2))
+    linear = class_linear[labels] + config.perturb * d["map_noise"].reshape(b, MAX_MAPS, 2, 2)
     linear = _contract(linear, INSTANCE_SIGMA_CAP)
-    offset = class_offset[labels] + config.perturb * gauss((MAX_MAPS, 2))
-    cum_prob = np.cumsum(class_prob[labels], axis=1)  # [B, K]
+    offset = class_offset[labels] + config.perturb * d["offset_noise"].reshape(b, MAX_MAPS, 2)
+    cum_prob = np.cumsum(class_prob[labels], axis=1).astype(np.float32)  # [B, K]
 
     # 2. Chaos game for P particles per image, all started at map 0's fixed point,
     #    which lies on the attractor, so no burn-in is needed.
     fixed = np.linalg.solve(np.eye(2) - linear[:, 0], offset[:, 0][..., None])[..., 0]
     n_particles = max(8, int(np.ceil(config.points_per_pixel * r * r / (CHAOS_ITERS - CHAOS_SKIP))))
-    c = next(counter)
-    choice_u = hashing.uniform16(keys, c * 2**32 + np.arange((CHAOS_ITERS * n_particles + 3) // 4))
-    choice_u = choice_u.reshape(b, -1)[:, : CHAOS_ITERS * n_particles].reshape(b, CHAOS_ITERS, n_particles)
-    cum_prob = cum_prob.astype(np.float32)
-    choice = sum((choice_u > cum_prob[:, k, None, None]).astype(np.intp) for k in range(MAX_MAPS - 1))
-    flat_k = np.arange(b)[:, None, None] * MAX_MAPS + choice
+    n_choice = CHAOS_ITERS * n_particles
+    words = hashing.bits16(keys, _CHOICE_COUNTER * 2**32 + np.arange((n_choice + 3) // 4))[:, :n_choice]
+    # The map chosen is the number of cumulative probabilities below u = word / 2**16.
+    # Compared as integers: word / 2**16 > c  <=>  word > floor(c * 2**16) (exact).
+    thresholds = np.minimum(np.floor(cum_prob.astype(np.float64) * 65536), 65535).astype(np.uint16)
+    choice = np.zeros(words.shape, np.uint8)
+    for k in range(MAX_MAPS - 1):
+        choice += words > thresholds[:, k, None]
+    # [T, B, P] so that each step's indices are contiguous; points are only counted
+    # (np.bincount below), so their order does not matter.
+    flat_k = (choice.reshape(b, CHAOS_ITERS, n_particles).transpose(1, 0, 2)
+              + (np.arange(b) * MAX_MAPS)[None, :, None]).astype(np.intp)
     # Any real affine map of the plane is z -> alpha z + beta conj(z) + c in complex
     # numbers: three gathers (alpha, beta, c) per step instead of six.
     a00, a01, a10, a11 = linear[..., 0, 0], linear[..., 0, 1], linear[..., 1, 0], linear[..., 1, 1]
     coef_alpha, coef_beta, coef_shift = (c.reshape(-1).astype(np.complex64) for c in (
         ((a00 + a11) + 1j * (a10 - a01)) / 2, ((a00 - a11) + 1j * (a10 + a01)) / 2, offset[..., 0] + 1j * offset[..., 1]))
     z = np.repeat((fixed[:, 0] + 1j * fixed[:, 1]).astype(np.complex64)[:, None], n_particles, axis=1)  # [B, P]
-    zs = []
+    zs = np.empty((CHAOS_ITERS - CHAOS_SKIP, b, n_particles), np.complex64)
+    term, conj = np.empty_like(z), np.empty_like(z)
     for t in range(CHAOS_ITERS):
-        k = flat_k[:, t]
-        z = coef_alpha.take(k) * z + coef_beta.take(k) * np.conj(z) + coef_shift.take(k)
-        if t >= CHAOS_SKIP:
-            zs.append(z)
-    z = np.concatenate(zs, axis=1)  # [B, N]
-    x, y = z.real, z.imag
+        k = flat_k[t]
+        nxt = zs[t - CHAOS_SKIP] if t >= CHAOS_SKIP else np.empty_like(z)
+        np.multiply(coef_alpha.take(k), z, out=nxt)
+        np.multiply(coef_beta.take(k, out=term), np.conj(z, out=conj), out=term)
+        nxt += term
+        nxt += coef_shift.take(k, out=term)
+        z = nxt
+    x, y = zs.real, zs.imag  # [T', B, P]
 
     # 3. Pose: centre and scale the attractor into [-1, 1]^2, then a random rotation,
     #    scale and shift that keep it inside the frame.
-    x_lo, x_hi, y_lo, y_hi = x.min(1), x.max(1), y.min(1), y.max(1)
+    x_lo, x_hi, y_lo, y_hi = x.min((0, 2)), x.max((0, 2)), y.min((0, 2)), y.max((0, 2))
     half = np.maximum(np.maximum(x_hi - x_lo, y_hi - y_lo) / 2, 1e-6).astype(np.float64)
     cx, cy = (x_lo + x_hi) / 2, (y_lo + y_hi) / 2
-    angle = np.deg2rad(config.rotation) * (2 * u() - 1)
-    scale = 0.55 + 0.4 * u()
-    shift = (u((2,)) * 2 - 1) * (1 - scale)[:, None]
+    angle = np.deg2rad(config.rotation) * (2 * d["angle"][:, 0] - 1)
+    scale = 0.55 + 0.4 * d["scale"][:, 0]
+    shift = (d["shift"] * 2 - 1) * (1 - scale)[:, None]
     # One affine map per image, raw chaos-game coordinates -> pixel column / row.
     k = scale / half * (r / 2)
     cos, sin = np.cos(angle) * k, np.sin(angle) * k
     col0 = (shift[:, 0] + 1) * (r / 2) - cos * cx + sin * cy
     row0 = (shift[:, 1] + 1) * (r / 2) - sin * cx - cos * cy
     f32 = lambda v: v.astype(np.float32)[:, None]  # noqa: E731
-    px = (f32(cos) * x - f32(sin) * y + f32(col0)).astype(np.intp).clip(0, r - 1)
-    py = (f32(sin) * x + f32(cos) * y + f32(row0)).astype(np.intp).clip(0, r - 1)
+    per_image = lambda v: v.astype(np.float32)[None, :, None]  # noqa: E731  # [1, B, 1] against [T', B, P]
+    # Pixel = trunc(coordinate) clipped to [0, R-1]; clipping the float first is the
+    # same (truncation is monotone and fixes 0 and R-1) and leaves int32 work.
+    tmp = np.empty(x.shape, np.float32)
+
+    def to_pixel(a, va, bb, vb, c0, sign):  # trunc(a * va -+ bb * vb + c0), clipped
+        pix = np.multiply(per_image(a), va)
+        np.multiply(per_image(bb), vb, out=tmp)
+        (np.subtract if sign < 0 else np.add)(pix, tmp, out=pix)
+        pix += per_image(c0)
+        np.clip(pix, 0, r - 1, out=pix)
+        return pix.astype(np.int32)
+
+    px = to_pixel(cos, x, sin, y, col0, -1)
+    py = to_pixel(sin, x, cos, y, row0, +1)
 
     # 4. Point density, saturating: alpha = 1 - exp(-count / gain).
-    flat = (np.arange(b)[:, None] * (r * r) + py * r + px).ravel()
-    density = np.bincount(flat, minlength=b * r * r).astype(np.float32).reshape(b, r, r)
-    gain = np.float32(x.shape[1] / (r * r) * 0.6)  # about the mean count on a covered pixel
-    alpha = (1 - np.exp(-density / gain))[:, None]  # [B, 1, R, R]: channels-first below,
-    # because numpy broadcasting over a trailing axis of 3 is ~20x slower than over R x R.
+    py *= r
+    py += px
+    py += (np.arange(b, dtype=np.int32) * (r * r))[None, :, None]
+    density = np.bincount(py.ravel(), minlength=b * r * r).astype(np.float32).reshape(b, 1, r, r)
+    gain = np.float32(x.shape[0] * x.shape[2] / (r * r) * 0.6)  # about the mean count on a covered pixel
+    density /= -gain
+    alpha = np.exp(density, out=density)
+    np.subtract(1, alpha, out=alpha)  # [B, 1, R, R]: channels-first below, because numpy
+    # broadcasting over a trailing axis of 3 is ~20x slower than over R x R.
 
     # 5. Colour. The foreground hue is the class hue plus jitter: a coarse cue that small
     #    models pick up first (as colour is in natural images), shape the fine one. Light
     #    on dark or dark on light at random; background of any hue plus a gradient.
-    hue = class_hue[labels] + config.hue_jitter * gauss()
-    light_fg = u() < 0.5
-    fg_value = np.where(light_fg, 0.6 + 0.4 * u(), 0.1 + 0.3 * u())
-    bg_value = np.where(light_fg, 0.05 + 0.35 * u(), 0.6 + 0.35 * u())
-    fg = hsv_to_rgb(hue, 0.5 + 0.5 * u(), fg_value)
-    bg = hsv_to_rgb(u(), 0.6 * u(), bg_value)
-    grad_angle, grad_amp = 2 * np.pi * u(), 0.3 * u()
+    hue = class_hue[labels] + config.hue_jitter * d["hue"][:, 0]
+    light_fg = d["light_fg"][:, 0] < 0.5
+    fg_value = np.where(light_fg, 0.6 + 0.4 * d["fg_light_value"][:, 0], 0.1 + 0.3 * d["fg_dark_value"][:, 0])
+    bg_value = np.where(light_fg, 0.05 + 0.35 * d["bg_dark_value"][:, 0], 0.6 + 0.35 * d["bg_light_value"][:, 0])
+    rgb = hsv_to_rgb(np.concatenate([hue, d["bg_hue"][:, 0]]),
+                     np.concatenate([0.5 + 0.5 * d["fg_saturation"][:, 0], 0.6 * d["bg_saturation"][:, 0]]),
+                     np.concatenate([fg_value, bg_value]))
+    fg, bg = rgb[:b], rgb[b:]
+    grad_angle, grad_amp = 2 * np.pi * d["grad_angle"][:, 0], 0.3 * d["grad_amp"][:, 0]
     coords = ((np.arange(r) + 0.5) / r - 0.5).astype(np.float32)
     gx, gy = f32(np.cos(grad_angle) * grad_amp)[..., None], f32(np.sin(grad_angle) * grad_amp)[..., None]
     ramp = (gx * coords[None, None, :] + gy * coords[None, :, None])[:, None]  # [B, 1, R, R]
-    background = bg[:, :, None, None] + ramp  # [B, 3, R, R]
-    image = background + alpha * (fg[:, :, None, None] - background)
+    image = np.add(bg[:, :, None, None], ramp)  # background [B, 3, R, R]
+    blend = np.subtract(fg[:, :, None, None], image)
+    blend *= alpha
+    image += blend  # background + alpha * (fg - background)
 
     # 6. Pixel noise: a random crop of a random tile of the noise bank.
-    tile = (u() * NOISE_TILES).astype(np.intp)
-    oy, ox = ((u((2,)) * r).astype(np.intp)).T
-    noise = np.stack([noise_bank[t, :, y:y + r, x:x + r] for t, y, x in zip(tile, oy, ox)])
-    image += np.float32(config.noise) * noise
-    pixels = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))  # [B, R, R, 3]
+    tile = (d["tile"][:, 0] * NOISE_TILES).astype(np.intp)
+    oy, ox = ((d["noise_offset"] * r).astype(np.intp)).T
+    windows = np.lib.stride_tricks.sliding_window_view(scaled_noise, (r, r), axis=(2, 3))
+    image += windows[tile, :, oy, ox]  # [B, 3, R, R]
+    image *= 255
+    image += 0.5
+    np.clip(image, 0, 255, out=image)
+    pixels = np.empty((b, r, r, 3), np.uint8)
+    np.copyto(pixels, image.transpose(0, 2, 3, 1), casting="unsafe")  # truncates, as astype
+    return pixels
