@@ -22,7 +22,7 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	bash scripts/postgres.sh start
 	PATH="$(abspath $(BIN)):$$PATH" SCALING_TEST_PG_URL="$$(bash scripts/postgres.sh url)" \
-	  $(BIN)/python -m pytest -q -n 2 --dist loadfile; rc=$$?; bash scripts/postgres.sh stop; exit $$rc
+	  $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15; rc=$$?; bash scripts/postgres.sh stop; exit $$rc
 
 clean:
 	rm -rf $(VENV) results/runs.db results/demo
