@@ -81,3 +81,25 @@ def test_spec_options_and_canonical_name():
 def test_bad_procedural_specs(spec):
     with pytest.raises(BadInput, match="^dataset: "):
         get_dataset(spec)
+
+
+def test_render_cache_gives_the_same_bytes_and_respects_its_budget():
+    import pickle
+
+    from scaling.data.procedural import ProceduralSource
+
+    src = get_dataset(SMALL).source  # 5,000 x 16 x 16 x 3 bytes: fits the default budget
+    idx = np.array([5, 17, 5, 4999, 0])
+    fresh = src.render(0, idx, 16)
+    first, labels = src.read(0, idx, 16)
+    again, _ = src.read(0, idx[::-1], 16)  # served from the cache
+    np.testing.assert_array_equal(first, fresh)
+    np.testing.assert_array_equal(again, fresh[::-1])
+    assert list(labels) == [5, 7, 5, 9, 0]
+    assert src._cache[0, 16][1].sum() == 4  # four distinct indices rendered once
+    out_of_range, _ = src.read(0, np.array([5000, 3]), 16)  # beyond the split: rendered, not cached
+    np.testing.assert_array_equal(out_of_range[1], src.render(0, np.array([3]), 16)[0])
+    tiny = ProceduralSource(src.config, cache_bytes=1000)  # budget too small: no cache
+    np.testing.assert_array_equal(tiny.read(0, idx, 16)[0], fresh)
+    assert tiny._cache[0, 16] is None
+    assert pickle.loads(pickle.dumps(src))._cache == {}  # workers get no copy of the cache
