@@ -9,10 +9,11 @@ budget simply stops mid-epoch. Step s's global batch is therefore a pure functio
 not depend on the number of worker processes. Process p of P takes the p-th equal
 slice of each global batch.
 
-grain runs it: a MapDataset over step numbers -> (indices) -> (images), read ahead by
-grain's threads, optionally through `mp_prefetch` worker processes. Each element is a
-whole batch made by vectorised numpy (issue 3 measured grain's per-example DataLoader at
-~2k img/s against ~41k for a batched MapDataset).
+grain runs it: a MapDataset over chunks of consecutive steps -> (indices) -> (images),
+read ahead by grain's threads, optionally through `mp_prefetch` worker processes, then
+split into batches. Each element is several whole batches made by vectorised numpy
+(issue 3 measured grain's per-example DataLoader at ~2k img/s against ~41k for a
+batched MapDataset).
 """
 from __future__ import annotations
 
