@@ -58,10 +58,11 @@ class StepPlan:
     process_index: int = 0
     process_count: int = 1
 
-    def __call__(self, step: int) -> dict[str, np.ndarray]:
+    def __call__(self, step: int, count: int = 1) -> dict[str, np.ndarray]:
+        """This process's examples of steps step .. step + count - 1, in step order."""
         local = self.global_batch_size // self.process_count
-        start = int(step) * self.global_batch_size + self.process_index * local
-        positions = np.arange(start, start + local, dtype=np.int64)
+        starts = (int(step) + np.arange(count, dtype=np.int64)) * self.global_batch_size + self.process_index * local
+        positions = (starts[:, None] + np.arange(local, dtype=np.int64)).ravel()
         epoch, offset = np.divmod(positions, self.n)
         index = np.empty_like(offset)
         for e in np.unique(epoch):  # at most a few epochs per batch
@@ -77,9 +78,8 @@ class ChunkPlan:
     plan: StepPlan
     steps: int
 
-    def __call__(self, chunk: int) -> dict[str, np.ndarray]:
-        parts = [self.plan(int(chunk) * self.steps + j) for j in range(self.steps)]
-        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    def __call__(self, chunk: int) -> dict[str, np.ndarray]:  # one permute call per epoch, not per step
+        return self.plan(int(chunk) * self.steps, self.steps)
 
 
 @dataclasses.dataclass(frozen=True)
