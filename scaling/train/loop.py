@@ -30,9 +30,11 @@ from scaling.train.config import TrainConfig
 
 # The heartbeat promise to the sweep runner: called at least this often (seconds).
 HEARTBEAT_SECONDS = 2.0
-# At most this many metrics rows per run along the way (plus evaluations and the end),
-# enough to draw a learning curve without flooding the store.
-MAX_LOGGED_STEPS = 1000
+# At most this many metrics rows per run along the way (plus evaluations and the end):
+# 200 points draw a smooth learning curve, and each row is one store transaction in
+# the sweep worker (~16 ms on the 2-core CI machine, docs/demo.md), so 1000 cost the
+# demo minutes.
+MAX_LOGGED_STEPS = 200
 # Fields that change how a run is operated, not what it computes: a resume may change them.
 OPERATIONAL_FIELDS = frozenset({"workdir", "checkpoint_every_steps", "checkpoint_every_minutes",
                                 "compile_cache_dir", "tensorboard", "data_workers"})
