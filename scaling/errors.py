@@ -3,6 +3,9 @@
 The CLI turns it into a one-line `error: ...` on stderr and exit code 2
 (DESIGN.md, CLI contract). Messages name the field and the fix.
 """
+from __future__ import annotations
+
+from typing import Iterable
 
 
 class BadInput(ValueError):
@@ -11,3 +14,15 @@ class BadInput(ValueError):
 
 class RuntimeFailure(RuntimeError):
     """Something went wrong that is not the user's input (exit code 1)."""
+
+
+def closest(word: str, choices: Iterable[str]) -> str:
+    """The "did you mean" part of a BadInput message: "did you mean 'x'? " for the closest
+    choice (difflib's similarity, cutoff 0.6), or "" when none is close. Written as
+    f"{field}: {problem}; {closest(word, choices)}{how to fix}" so a message stays one
+    line either way. Choices are sorted first, so the answer never depends on the order
+    of a set or dict."""
+    import difflib  # only on the error path
+
+    match = difflib.get_close_matches(str(word), sorted(set(choices)), n=1)
+    return f"did you mean {match[0]!r}? " if match else ""

@@ -15,13 +15,12 @@ The conversion rule (stated, overridable): hours x peak FLOP/s x utilisation.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import time
 from typing import Mapping
 
-from scaling.errors import BadInput
+from scaling.errors import BadInput, closest
 
 SECONDS_PER_HOUR = 3600.0
 
@@ -150,11 +149,8 @@ def parse_unit(text: str | Unit) -> Unit:
             "unit: 'cpu-chip-hours' is not defined (a CPU's cores per chip depend on "
             "the machine); use 'cpu-core-hours'"
         )
-    known = sorted(UNITS) + sorted(_ALIASES)
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
     raise BadInput(
-        f"unit: unknown unit {text!r}; {hint}known units: {', '.join(sorted(UNITS))}"
+        f"unit: unknown unit {text!r}; {closest(key, [*UNITS, *_ALIASES])}known units: {', '.join(sorted(UNITS))}"
     )
 
 
@@ -165,9 +161,7 @@ def hardware(name: str | HardwareProfile) -> HardwareProfile:
     key = str(name).strip().lower()
     if key in HARDWARE:
         return HARDWARE[key]
-    close = difflib.get_close_matches(key, HARDWARE, n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    raise BadInput(f"hardware: unknown {name!r}; {hint}known: {', '.join(HARDWARE)}")
+    raise BadInput(f"hardware: unknown {name!r}; {closest(key, HARDWARE)}known: {', '.join(HARDWARE)}")
 
 
 def hardware_for_device_kind(device_kind: str) -> str:

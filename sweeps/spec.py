@@ -8,7 +8,6 @@ No jax here: model sizes come from the pure `scaling.models.config/counts`.
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import math
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scaling.errors import BadInput
+from scaling.errors import BadInput, closest
 
 # Keys each table accepts; anything else is an error with a "did you mean".
 TOP_KEYS = {
@@ -143,9 +142,8 @@ def shape_key(config: dict) -> str:
 def _check_keys(table: dict, allowed: set[str], where: str) -> None:
     for key in table:
         if key not in allowed:
-            close = difflib.get_close_matches(key, sorted(allowed), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(sorted(allowed))}"
-            raise BadInput(f"{where}{key}: unknown key; {hint}")
+            raise BadInput(f"{where}{key}: unknown key; {closest(key, allowed)}"
+                           f"allowed keys: {', '.join(sorted(allowed))}")
 
 
 def _positive_list(value: Any, key: str, kind: type = float, *, allow_empty: bool = False) -> tuple:

@@ -12,12 +12,11 @@ Three ways to get a config:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 from dataclasses import dataclass
 
-from scaling.errors import BadInput
+from scaling.errors import BadInput, closest
 
 # Activation gains: REFERENCE.md s2 ([B21] official code), i.e. 1 / std(act(N(0,1))).
 ACTIVATION_GAINS = {
@@ -148,10 +147,8 @@ def get_config(name: str, *, num_classes: int = 1000, **overrides) -> NFNetConfi
             return family_config(d, w, num_classes=num_classes, **overrides)
     known = list(PRESET_NAMES) + ["nfnet-d1-w0.125"]
     guess = str(name).strip().upper().replace("NFNET-", "").replace("O", "0")  # F0 typed as FO
-    close = difflib.get_close_matches(guess, PRESET_NAMES, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
     raise BadInput(
-        f"model: unknown model {name!r}; {hint}use one of {', '.join(PRESET_NAMES)} "
+        f"model: unknown model {name!r}; {closest(guess, PRESET_NAMES)}use one of {', '.join(PRESET_NAMES)} "
         f"or a family name like {known[-1]!r} (depth and width multipliers)"
     )
 
@@ -236,9 +233,7 @@ def _replace(cfg: NFNetConfig, overrides: dict) -> NFNetConfig:
     fields = {f.name for f in dataclasses.fields(NFNetConfig)}
     for key in overrides:
         if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise BadInput(f"{key}: not an NFNetConfig field; {hint}see scaling/models/config.py")
+            raise BadInput(f"{key}: not an NFNetConfig field; {closest(key, fields)}see scaling/models/config.py")
     for key in ("depths", "widths", "strides", "stem_widths"):
         if key in overrides:
             overrides = {**overrides, key: tuple(overrides[key])}

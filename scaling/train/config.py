@@ -7,14 +7,13 @@ Pure Python: no jax import (the sweep runner builds configs before any device wo
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from scaling import units
-from scaling.errors import BadInput
+from scaling.errors import BadInput, closest
 
 # Where the persistent XLA compilation cache lives unless the user says otherwise
 # (DESIGN.md: results/ is the default home of everything the program writes).
@@ -132,9 +131,8 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         for key in data:
             if key not in known:
-                close = difflib.get_close_matches(key, sorted(known), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(sorted(known))}"
-                raise BadInput(f"{key}: not a TrainConfig field{hint}")
+                raise BadInput(f"{key}: not a TrainConfig field; {closest(key, known)}"
+                               f"known fields: {', '.join(sorted(known))}")
         return cls(**data)
 
     @classmethod
