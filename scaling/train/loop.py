@@ -9,9 +9,18 @@ Files in the workdir:
   result.json      the TrainResult once the run has finished (done or diverged)
   tensorboard/     event files, only when asked for
 
-Timing rule: `device_seconds` is wall time of the train steps (dispatch until the loss
-is on the host) times the number of devices; compilation, data waiting, evaluation and
-checkpoint pauses are outside it and reported apart.
+Hot path: the host never waits for the step it just dispatched. It dispatches step s,
+then reads step s-1's metrics (one step of lag), so preparing batch s+1 overlaps the
+device's work (JAX dispatch is asynchronous). Before anything that observes the state
+(an evaluation, a checkpoint, the end) the lag is drained, so a state produced after a
+non-finite loss is never evaluated or saved; a diverged run stops at most one step after
+the non-finite one (`diverged_step` is the step whose loss was non-finite).
+
+Timing rule: `device_seconds` is the sum over train steps of the wall time from the
+previous step's completion (its metrics read on the host) to this step's completion,
+times the number of devices: each step's device time plus any stall of the device waiting
+for the host. A step after a pause is timed from its dispatch. Compilation, evaluation
+and checkpoint pauses are outside it and reported apart (_CompletionClock).
 """
 from __future__ import annotations
 
@@ -52,7 +61,7 @@ class TrainResult:
     params: int
     flops_per_example: float         # forward FLOPs at the train resolution (2 per MAC)
     train_flops: float               # analytic: 3 x forward x examples seen
-    device_seconds: float            # measured train-step time x devices (no compile/eval/ckpt)
+    device_seconds: float            # train steps, completion to completion, x devices (no compile/eval/ckpt)
     hardware: str
     num_devices: int
     examples_seen: int
@@ -276,6 +285,32 @@ class _Run:
                                           - (self.counters["compile_seconds"] - compile0))
         return out
 
+    def _complete(self, step: int, metrics: dict) -> dict | None:
+        """Wait for `step`'s metrics and account for it: its metrics row, or None (after
+        emitting the `diverged` row) when its loss is not finite."""
+        loss = float(metrics["loss"])  # the host sync: blocks until `step` is done
+        lr = float(metrics["lr"])
+        dt = self.clock.completed()
+        counters = self.counters
+        counters["device_seconds"] += dt * self.num_devices
+        counters["examples_seen"] += self.config.batch_size
+        self.heartbeat()
+        row = {"step": step, "examples_seen": counters["examples_seen"], "train_loss": loss,
+               "lr": lr, "wall_time": time.time()}
+        if not math.isfinite(loss):
+            self.emit(dict(row, train_loss=None, diverged=True))
+            return None
+        if self.bar is not None and self.bar is not False:
+            self.bar.update(1)
+            self.bar.set_postfix(img_s=f"{self.config.batch_size / max(dt, 1e-9):.0f}",
+                                 loss=f"{loss:.3f}", lr=f"{lr:.3g}", refresh=False)
+        return row
+
+    def _log(self, row: dict) -> None:
+        """Emit a completed step's row if it is a logged step (or carries an evaluation)."""
+        if "heldout_loss" in row or row["step"] % self.log_every == 0:
+            self.emit(row)
+
     # ---- life cycle ---------------------------------------------------------------
     def run(self) -> TrainResult:
         import jax
@@ -338,13 +373,17 @@ class _Run:
         self.eval_step = compile_eval
 
         evals = eval_steps(total_steps, cfg.eval_points)
-        log_every = max(1, total_steps // MAX_LOGGED_STEPS)
-        bar = None  # made after the first step's compilation, so its rate/ETA exclude it
+        self.log_every = max(1, total_steps // MAX_LOGGED_STEPS)
+        self.clock = _CompletionClock()
+        self.bar = None  # made after the first step's compilation, so its rate/ETA exclude it
         status, diverged_step = "done", None
+        # The one step dispatched but not yet read, as (step, metrics): the host prepares
+        # the next batch and dispatches the next step before it waits for this one.
+        pending = None
         self.heartbeat(force=True)
         try:
             for step in range(start + 1, total_steps + 1):
-                local = next(iterator)
+                local = next(iterator)  # host work that overlaps the device's step - 1
                 if cfg.log_indices:
                     with open(index_log, "a") as f:
                         f.write(json.dumps({"step": step, "index": np.asarray(local["index"]).tolist()}) + "\n")
@@ -355,49 +394,53 @@ class _Run:
                         label_smoothing=self.optim_cfg.label_smoothing, mesh=self.mesh),
                     key, state, batch, hyper)
                 counters["compile_seconds"] += seconds
+                self.clock.exclude(seconds)
                 if seconds:
                     self.heartbeat(force=True)
-                if bar is None:
-                    bar = _progress_bar(total_steps, step - 1, self.lead and self.progress)
-                t0 = time.perf_counter()
+                if self.bar is None:
+                    self.bar = _progress_bar(total_steps, step - 1, self.lead and self.progress)
+                self.clock.start()
                 state, metrics = train_step(state, batch, hyper)
-                loss = float(metrics["loss"])
-                dt = time.perf_counter() - t0
-                counters["device_seconds"] += dt * self.num_devices
-                counters["examples_seen"] += cfg.batch_size
-                lr = float(metrics["lr"])
-                self.heartbeat()
-                if not math.isfinite(loss):
+                if pending is not None:  # read step - 1 while `step` is queued behind it
+                    row = self._complete(*pending)
+                    pending = None
+                    if row is None:
+                        status, diverged_step = "diverged", step - 1
+                        break
+                    self._log(row)
+                pending = (step, metrics)
+                save = ckpts.due(step, total_steps)
+                if step not in evals and not save and step != total_steps:
+                    continue
+                # Drain: what follows observes the state after `step`, so `step` must be
+                # known finite first (a diverged state is never evaluated or saved).
+                row = self._complete(*pending)
+                pending = None
+                if row is None:
                     status, diverged_step = "diverged", step
-                    self.emit({"step": step, "examples_seen": counters["examples_seen"],
-                               "train_loss": None, "lr": lr, "wall_time": time.time(),
-                               "diverged": True})
                     break
-                row = {"step": step, "examples_seen": counters["examples_seen"], "train_loss": loss,
-                       "lr": lr, "wall_time": time.time()}
                 if step in evals:
                     hl, ha = self.timed_evaluate(state["params"])
                     counters.update(heldout_loss=hl, heldout_accuracy=ha, heldout_step=step)
                     row.update(heldout_loss=hl, heldout_accuracy=ha)
-                if step in evals or step % log_every == 0:
-                    self.emit(row)
-                if bar is not None and bar is not False:
-                    bar.update(1)
-                    bar.set_postfix(img_s=f"{cfg.batch_size / max(dt, 1e-9):.0f}", loss=f"{loss:.3f}",
-                                    lr=f"{lr:.3g}", refresh=False)
-                if ckpts.due(step, total_steps):
+                self._log(row)
+                if save:
+                    # Contract with the sweep worker: this heartbeat flushes every row
+                    # emitted so far, so they are durable before the checkpoint exists.
+                    self.heartbeat(force=True)
                     tc = time.monotonic()
                     ckpts.save(step, state, iterator, counters)
                     counters["checkpoint_seconds"] += time.monotonic() - tc
                     self.heartbeat(force=True)
+                self.clock.pause()  # the next interval starts at the next dispatch
             if status == "done" and counters["heldout_step"] != total_steps:
                 # Resumed after the final checkpoint: the final evaluation is redone
                 # (deterministic, so the same number).
                 hl, ha = self.timed_evaluate(state["params"])
                 counters.update(heldout_loss=hl, heldout_accuracy=ha, heldout_step=total_steps)
         finally:
-            if bar is not None and bar is not False:
-                bar.close()
+            if self.bar is not None and self.bar is not False:
+                self.bar.close()
             ckpts.close()
             if self.tb is not None:
                 self.tb.close()
@@ -447,6 +490,41 @@ def measured_unit_for(hardware: str) -> str:
     prof = units.hardware(hardware)
     kind = "core-hours" if (prof.cores_per_chip > 1 or not prof.has_chip_unit) else "chip-hours"
     return units.parse_unit(f"{prof.name}-{kind}").name
+
+
+class _CompletionClock:
+    """Measures each train step's time without a host sync per step.
+
+    With one step in flight, the host learns that step s is done when it reads s's
+    metrics; the time between two successive reads (completion to completion) is s's
+    device time plus any time the device sat idle waiting for the host (a data or
+    dispatch stall). The first step after a pause (start, evaluation, checkpoint) is
+    timed from its dispatch. Compilation inside an interval is subtracted.
+    """
+
+    def __init__(self):
+        self.mark: float | None = None
+        self.excluded = 0.0
+
+    def start(self) -> None:
+        """Called just before a dispatch: opens an interval if none is open."""
+        if self.mark is None:
+            self.mark, self.excluded = time.perf_counter(), 0.0
+
+    def exclude(self, seconds: float) -> None:
+        if self.mark is not None:
+            self.excluded += seconds
+
+    def completed(self) -> float:
+        """A step's metrics were just read: the seconds since the previous completion."""
+        now = time.perf_counter()
+        seconds = max(0.0, now - self.mark - self.excluded)
+        self.mark, self.excluded = now, 0.0
+        return seconds
+
+    def pause(self) -> None:
+        """Nothing in flight and host-only work follows (evaluation, checkpoint)."""
+        self.mark = None
 
 
 # ------------------------------------------------------------------ compiled steps
