@@ -46,8 +46,12 @@ def register(app: typer.Typer) -> None:
         from sweeps.worker import WorkerOptions
 
         opts = WorkerOptions(lease_seconds=lease, max_attempts=max_attempts)
-        summary = run_sweep(spec, store, workers=workers, options=opts, trainer=trainer,
-                            results_dir=results_dir, progress=not as_json and sys.stderr.isatty())
+        try:
+            summary = run_sweep(spec, store, workers=workers, options=opts, trainer=trainer,
+                                results_dir=results_dir, progress=not as_json and sys.stderr.isatty())
+        except KeyboardInterrupt:  # the workers handed their trials back (sweeps/runner.py); as `scaling demo`
+            typer.echo("interrupted: run the same command again to resume", err=True)
+            raise typer.Exit(130) from None
         if as_json:
             typer.echo(json.dumps(summary.__dict__))
         else:
@@ -84,7 +88,11 @@ def register(app: typer.Typer) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         opts = WorkerOptions(lease_seconds=lease, max_attempts=max_attempts, exit_when_idle=not wait,
                              sweeps=tuple(sweep_name) if sweep_name else None)
-        n = work(store, trainer=trainer, options=opts, results_dir=results_dir, multihost=multihost)
+        try:
+            n = work(store, trainer=trainer, options=opts, results_dir=results_dir, multihost=multihost)
+        except KeyboardInterrupt:  # its trial was handed back (sweeps/worker.py)
+            typer.echo("interrupted: the trial was handed back", err=True)
+            raise typer.Exit(130) from None
         typer.echo(f"worker: ran {n} trials")
 
     @sweep.command("status")

@@ -4,7 +4,10 @@ Pre-emption safety comes from the store's protocol plus the trainer's checkpoint
 a killed worker stops heartbeating, its lease expires, another worker claims the
 trial again and `run_training` resumes from the checkpoint in the trial's workdir
 (under the store's results dir); completion is conditional on still holding the
-lease, so a trial is never completed twice (docs/sweeps.md).
+lease, so a trial is never completed twice (docs/sweeps.md). Metrics rows are buffered
+and written with the lease renewals, at the latest when the trainer heartbeats right
+before a checkpoint (`_Lease`). Ctrl-C or SIGTERM hands the trial back (`pending`, the
+attempt not counted) wherever it lands (`_StopSignals`).
 
 The trainer is injectable: `trainer(config: dict, workdir: Path, *, on_metrics,
 on_heartbeat)` returning the trainer's TrainResult (or a dict with the same fields).
@@ -91,48 +94,127 @@ def worker_name() -> str:
 
 
 class _Lease:
-    """Renews a claim's lease from a background thread (so a long XLA compile, which
-    calls no callback, does not lose it) and writes metrics rows as they come."""
+    """A claim's lease and its not-yet-written metrics rows.
+
+    `add_metrics` only buffers. One write (one transaction: renew the lease, insert the
+    buffered rows) happens
+    - in `beat()`, which the worker's on_heartbeat calls, when rows are waiting or the
+      renewal is due. The trainer calls on_heartbeat right BEFORE each checkpoint save
+      (and about every HEARTBEAT_SECONDS/2 otherwise, scaling/train/loop.py), and
+      `beat()` returns only once the rows are committed: every row of a checkpointed
+      step is in the store before the checkpoint exists, and the rows after the last
+      checkpoint are re-emitted by a resumed run (the store ignores a repeated step).
+      No further rate limit here: the worker cannot tell a checkpoint's call from a
+      periodic one, and the trainer already spaces its periodic calls;
+    - from a background thread once the renewal is due (every lease/4), so a long XLA
+      compile, which calls nothing, does not lose the lease;
+    - at the end (`stop(final_write=True)`), or in `complete`'s own transaction.
+    """
 
     def __init__(self, store: Store, claim: Claim, lease_seconds: float):
         self.store, self.claim, self.lease_seconds = store, claim, lease_seconds
+        self.renew_every = lease_seconds / 4  # a worker must stall for 3/4 of a lease to lose it
         self.lost = threading.Event()
         self._stop = threading.Event()
-        self._lock = threading.Lock()
+        self._rows_lock = threading.Lock()
+        # One write at a time: a beat() that finds the buffer just drained by the thread
+        # waits for that write to commit before it returns (and the trainer checkpoints).
+        self._write_lock = threading.Lock()
         self._metrics: list[dict] = []
+        self._last_write = time.monotonic()  # the claim itself set the lease
         self._thread = threading.Thread(target=self._run, daemon=True, name="lease")
         self._thread.start()
 
     def add_metrics(self, row: dict) -> None:
-        """Write a metrics row now (renewing the lease): the trainer may checkpoint right
-        after, and a row still buffered when the worker is killed would never be sent
-        again by the resumed run."""
-        with self._lock:
+        with self._rows_lock:
             self._metrics.append(dict(row))
-        self.flush()
 
-    def flush(self) -> None:
-        rows = self.drain()
-        try:
-            if not self.store.heartbeat(self.claim, lease_seconds=self.lease_seconds, metrics_rows=rows):
+    def beat(self) -> None:
+        self._write(rows_only=False)
+
+    def _write(self, *, rows_only: bool) -> None:
+        """Write the buffered rows, renewing the lease; with none, renew only when due."""
+        with self._write_lock:
+            with self._rows_lock:
+                due = time.monotonic() - self._last_write >= self.renew_every
+                if not self._metrics and (rows_only or not due):
+                    return
+                rows, self._metrics = self._metrics, []
+            try:
+                held = self.store.heartbeat(self.claim, lease_seconds=self.lease_seconds, metrics_rows=rows)
+            except Exception as err:  # noqa: BLE001 - a store blip: keep the rows, retry at the next beat
+                log.warning("heartbeat failed (%s); retrying", err)
+                with self._rows_lock:
+                    self._metrics[:0] = rows
+                return
+            self._last_write = time.monotonic()
+            if not held:
                 self.lost.set()
-        except Exception as err:  # noqa: BLE001 - a store blip: keep the rows, retry later
-            log.warning("heartbeat failed (%s); retrying", err)
-            with self._lock:
-                self._metrics[:0] = rows
 
     def drain(self) -> list[dict]:
-        with self._lock:
+        with self._rows_lock:
             rows, self._metrics = self._metrics, []
         return rows
 
     def _run(self) -> None:
-        while not self._stop.wait(self.lease_seconds / 4) and not self.lost.is_set():
-            self.flush()
+        while not self.lost.is_set():
+            wait = self._last_write + self.renew_every - time.monotonic()
+            if self._stop.wait(max(wait, 0.01)):
+                return
+            self._write(rows_only=False)
 
-    def stop(self) -> None:
+    def stop(self, *, final_write: bool = False) -> None:
+        """Stop renewing; `final_write`: first write the rows still buffered (a failed or
+        handed-back attempt keeps its learning curve so far)."""
         self._stop.set()
         self._thread.join()
+        if final_write and not self.lost.is_set():
+            self._write(rows_only=True)
+
+
+class _StopSignals:
+    """How a worker stops on Ctrl-C (SIGINT) or SIGTERM without leaving a trial `running`.
+
+    The first signal only records the request, except while the trainer's own code runs
+    (`in_trainer`), where it raises at once (KeyboardInterrupt; SystemExit for SIGTERM)
+    so a trainer that never calls back still stops. The worker acts on the request at
+    its safe points: at the end of each on_heartbeat (the trainer unwinds), after a
+    claim (handed back at once), between trials, and after completing (the result is
+    written first). So a signal landing inside a store transaction cannot cut it short.
+    Repeats are ignored: a terminal's Ctrl-C reaches every process of the group and the
+    runner forwards it too. A SIGTERM after a request forces the exit (the runner's
+    second Ctrl-C); the lease then expires as after a kill.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.in_trainer = False
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def raise_(self):
+        if self.signum == signal.SIGTERM:
+            raise SystemExit(128 + signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            if self.in_trainer:
+                self.in_trainer = False
+                self.raise_()
+        elif signum == signal.SIGTERM:
+            raise SystemExit(128 + signum)
+
+    def install(self, *, sigterm: bool) -> Callable[[], None]:
+        """Handle the signals (main thread only: elsewhere Python cannot); returns the undo."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        sigs = (signal.SIGINT, signal.SIGTERM) if sigterm else (signal.SIGINT,)
+        old = {s: signal.signal(s, self._handle) for s in sigs}
+        return lambda: [signal.signal(s, h) for s, h in old.items()] and None
 
 
 class Worker:
@@ -145,12 +227,28 @@ class Worker:
         self.multihost = multihost  # a MultiHost (process 0 side) or None
         self.last_shape: str | None = None
         self.trials_run = 0
+        self.stop = _StopSignals()
 
     def run(self) -> int:
-        """Work until idle (or max_trials); returns the number of trials this worker ran."""
-        opts = self.options
+        """Work until idle (or max_trials); returns the number of trials this worker ran.
+
+        On Ctrl-C/SIGTERM it hands its trial back and raises KeyboardInterrupt (SystemExit
+        for SIGTERM) once nothing is held. (Multi-host: jax.distributed handles SIGTERM.)"""
+        undo = self.stop.install(sigterm=self.multihost is None)
+        try:
+            self._loop()
+        finally:
+            undo()
+        if self.multihost is not None:
+            self.multihost.send(None)
+        return self.trials_run
+
+    def _loop(self) -> None:
+        opts, stop = self.options, self.stop
         store_errors = 0
         while opts.max_trials is None or self.trials_run < opts.max_trials:
+            if stop.requested:
+                stop.raise_()
             try:
                 claim = self.store.claim(self.name, lease_seconds=opts.lease_seconds,
                                          max_attempts=opts.max_attempts, prefer_shape=self.last_shape,
@@ -162,45 +260,70 @@ class Worker:
                 if store_errors > MAX_STORE_RETRIES:
                     raise
                 log.warning("%s: claim failed (%s); retry %d/%d", self.name, err, store_errors, MAX_STORE_RETRIES)
-                time.sleep(opts.poll_seconds * store_errors)
+                self._sleep(opts.poll_seconds * store_errors)
                 continue
             if claim is None:
                 if self._extend_all():
                     continue
                 if opts.exit_when_idle and self.store.active(opts.sweeps) == 0:
                     break
-                time.sleep(opts.poll_seconds)  # others hold leases that may yet expire
+                self._sleep(opts.poll_seconds)  # others hold leases that may yet expire
                 continue
+            if stop.requested:  # the signal came during the claim: hand it back untried
+                self.store.release(claim)
+                stop.raise_()
             self.last_shape = claim.shape
             self.run_trial(claim)
             self.trials_run += 1
-        if self.multihost is not None:
-            self.multihost.send(None)
-        return self.trials_run
+        if stop.requested:
+            stop.raise_()
+
+    def _sleep(self, seconds: float) -> None:
+        """An idle wait that a stop request cuts short (signals do not wake time.sleep)."""
+        end = time.monotonic() + seconds
+        while not self.stop.requested and (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, 0.1))
 
     def _extend_all(self) -> int:
         names = self.options.sweeps or self.store.sweep_names()
         return sum(extend_sweep(self.store, s) for s in names)
 
     def run_trial(self, claim: Claim) -> str | None:
-        """Train one claimed trial; returns the status written, or None if the lease was lost."""
+        """Train one claimed trial; returns the status written, or None if the lease was lost.
+
+        Raises KeyboardInterrupt/SystemExit after handing the trial back when stopped."""
         workdir = self.store.trial_workdir(claim)
         workdir.mkdir(parents=True, exist_ok=True)
         log.info("%s: trial %s attempt %d (%s)", self.name, claim.trial_id[:12], claim.attempt,
                  json.dumps(claim.config, sort_keys=True))
         lease = _Lease(self.store, claim, self.options.lease_seconds)
+        stop = self.stop
 
         def on_heartbeat(*_args, **_kw) -> None:
+            stop.in_trainer = False  # our own store write is not cut short by a signal...
+            try:
+                lease.beat()
+            finally:
+                stop.in_trainer = True
             # Multi-host: the other processes are inside collectives with us, so
             # process 0 finishes the trial; its completion is then refused.
             if lease.lost.is_set() and self.multihost is None:
                 raise LeaseLost(f"trial {claim.trial_id[:12]}: lease lost to another worker")
+            if stop.requested:  # ...it stops the trainer here instead
+                stop.in_trainer = False
+                stop.raise_()
 
         try:
-            if self.multihost is not None:
-                self.multihost.send({"config": claim.config, "workdir": str(workdir)})
-            result = self.trainer(claim.config, workdir, on_metrics=lease.add_metrics,
-                                  on_heartbeat=on_heartbeat)
+            try:
+                stop.in_trainer = True  # from here a signal raises inside the trainer
+                if stop.requested:
+                    stop.raise_()
+                if self.multihost is not None:
+                    self.multihost.send({"config": claim.config, "workdir": str(workdir)})
+                result = self.trainer(claim.config, workdir, on_metrics=lease.add_metrics,
+                                      on_heartbeat=on_heartbeat)
+            finally:
+                stop.in_trainer = False
         except LeaseLost as err:
             lease.stop()
             log.warning("%s", err)
@@ -208,11 +331,16 @@ class Worker:
         except (KeyboardInterrupt, SystemExit):
             # Stopped on purpose (Ctrl-C, SIGTERM): hand the trial back at once rather
             # than after its lease expires; the next claim resumes its checkpoint.
-            lease.stop()
-            self.store.release(claim)
+            self._hand_back(claim, lease)
             raise
         except Exception as err:  # noqa: BLE001 - any trainer failure is recorded, not fatal
-            lease.stop()
+            if stop.requested:
+                # e.g. the trainer's data-loader processes got the terminal's Ctrl-C too:
+                # a consequence of the stop, not a failure of the trial.
+                log.warning("%s: trainer raised %s after a stop request", self.name, err)
+                self._hand_back(claim, lease)
+                stop.raise_()
+            lease.stop(final_write=True)
             tb = traceback.format_exc(limit=-3)
             # Bad configs fail the same way every time: no point retrying them.
             attempts = claim.attempt if isinstance(err, BadInput) else self.options.max_attempts
@@ -222,12 +350,18 @@ class Worker:
         lease.stop()
         res = result_dict(result)
         status = "diverged" if res.get("status") == "diverged" else "done"
+        # The remaining rows go in the result's transaction.
         if not self.store.complete(claim, status, res, lease.drain()):
             log.warning("%s: trial %s finished but its lease was lost; result not recorded",
                         self.name, claim.trial_id[:12])
             return None
         extend_sweep(self.store, claim.sweep)
         return status
+
+    def _hand_back(self, claim: Claim, lease: _Lease) -> None:
+        lease.stop(final_write=True)
+        if self.store.release(claim):
+            log.info("%s: stopped; trial %s handed back", self.name, claim.trial_id[:12])
 
 
 # ---------------------------------------------------------------- multi-host
@@ -304,10 +438,6 @@ def work(store_url: str, *, trainer: str | Trainer | None = None, options: Worke
         store.dispose()
 
 
-def _exit_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)  # unwinds through run_trial, which releases the claim
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m sweeps.worker`: what `scaling sweep run --workers N` starts N times."""
     p = argparse.ArgumentParser(prog="python -m sweeps.worker")
@@ -323,8 +453,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--multihost", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if not a.multihost:  # (jax.distributed handles SIGTERM itself as a pre-emption notice)
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     opts = WorkerOptions(lease_seconds=a.lease, max_attempts=a.max_attempts, poll_seconds=a.poll,
                          sweeps=tuple(a.sweep) if a.sweep else None, max_trials=a.max_trials)
     try:
@@ -333,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     except (BadInput, RuntimeFailure) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2 if isinstance(err, BadInput) else 1
+    except KeyboardInterrupt:  # stopped by Ctrl-C after handing its trial back (SIGTERM: SystemExit 143)
+        return 130
     return 0
 
 

@@ -38,11 +38,11 @@ def fake_trainer(config: dict, workdir: Path, *, on_metrics=None, on_heartbeat=N
     while step < steps:
         time.sleep(delay)
         step += 1
-        if on_heartbeat:
-            on_heartbeat()
         if on_metrics:
             on_metrics({"step": step, "examples_seen": step * config["batch_size"],
                         "train_loss": loss + 1.0 / step, "lr": config["lr"], "wall_time": step * delay})
+        if on_heartbeat:  # right before the checkpoint, as scaling.train.loop does
+            on_heartbeat()
         tmp = state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"step": step}))
         tmp.replace(state_file)  # the "checkpoint": atomic, like orbax's

@@ -16,8 +16,6 @@ Orchestration only: no jax here (the workers import it), so the command starts f
 """
 from __future__ import annotations
 
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,31 +49,6 @@ class DemoResult:
     plan: dict | None  # the planner's answer (None when no law could be fitted)
     plan_error: str | None = None
     law: dict = field(default_factory=dict)  # the frontier law L = k C^-b (estimate + interval)
-
-
-class _FirstCtrlCWaits:
-    """Ctrl-C reaches the workers too (one process group): each hands its trial back to
-    the store and exits. The first Ctrl-C therefore only marks the demo as stopping and
-    lets the runner see its workers exit; terminating them at once could cut a hand-back
-    short and leave the trial held until its lease expires. A second Ctrl-C forces."""
-
-    def __init__(self, echo):
-        self.echo, self.requested, self._old = echo, False, None
-
-    def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.echo("\nstopping: the workers are handing their trials back (Ctrl-C again to force)")
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
 
 
 def _finished(counts: dict) -> int:
@@ -117,14 +90,9 @@ def run_demo(spec: str = DEFAULT_SPEC, store_url: str = DEFAULT_STORE, out: str 
         resumed = before.total - before.enqueued - _finished(before.counts)
         echo(f"training {todo} trials ({before.enqueued} new, {resumed} resumed or left from an earlier run) "
              f"with {workers} worker processes; Ctrl-C stops, `scaling demo` again resumes")
-        with _FirstCtrlCWaits(echo) as stop:
-            try:
-                after = run_sweep(spec, store_url, workers=workers, trainer=trainer, progress=progress)
-            except RuntimeFailure:
-                if not stop.requested:  # a worker failed on its own
-                    raise
-            if stop.requested:  # the workers exited after handing their trials back
-                raise KeyboardInterrupt
+        # Ctrl-C: the runner asks its workers to hand their trials back, waits for them
+        # (a second Ctrl-C forces) and raises KeyboardInterrupt (sweeps/runner.py).
+        after = run_sweep(spec, store_url, workers=workers, trainer=trainer, progress=progress)
     wall = time.monotonic() - t0
     trained = after.counts.get("done", 0) - start_done
     if todo and workers:
