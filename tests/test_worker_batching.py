@@ -66,8 +66,8 @@ def checkpointing_trainer(config: dict, workdir: Path, *, on_metrics=None, on_he
     return {"status": "done", "heldout_loss": 1.0, "examples_seen": 8 * steps}
 
 
-def test_a_thousand_rows_cost_one_transaction_per_checkpoint_and_are_stored_once(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 'runs.db'}")
+def test_a_thousand_rows_cost_one_transaction_per_checkpoint_and_are_stored_once(store_url, tmp_path):
+    store = Store(store_url, results_dir=tmp_path)
     store.enqueue([trial("batch")])  # 1000 steps
     beats, completes = spy(store, "heartbeat"), spy(store, "complete")
     in_store_at_checkpoint = []
