@@ -132,24 +132,26 @@ class _Lease:
     def beat(self) -> None:
         self._write(rows_only=False)
 
-    def _write(self, *, rows_only: bool) -> None:
-        """Write the buffered rows, renewing the lease; with none, renew only when due."""
+    def _write(self, *, rows_only: bool) -> bool:
+        """Write the buffered rows, renewing the lease; with none, renew only when due.
+        False if the store could not be reached (the rows stay buffered)."""
         with self._write_lock:
             with self._rows_lock:
                 due = time.monotonic() - self._last_write >= self.renew_every
                 if not self._metrics and (rows_only or not due):
-                    return
+                    return True
                 rows, self._metrics = self._metrics, []
             try:
                 held = self.store.heartbeat(self.claim, lease_seconds=self.lease_seconds, metrics_rows=rows)
-            except Exception as err:  # noqa: BLE001 - a store blip: keep the rows, retry at the next beat
+            except Exception as err:  # noqa: BLE001 - a store blip: keep the rows, retry later
                 log.warning("heartbeat failed (%s); retrying", err)
                 with self._rows_lock:
                     self._metrics[:0] = rows
-                return
+                return False
             self._last_write = time.monotonic()
             if not held:
                 self.lost.set()
+            return True
 
     def drain(self) -> list[dict]:
         with self._rows_lock:
@@ -157,11 +159,12 @@ class _Lease:
         return rows
 
     def _run(self) -> None:
+        pause = 0.0  # after a failed write: retry a down store every few seconds, not in a spin
         while not self.lost.is_set():
-            wait = self._last_write + self.renew_every - time.monotonic()
-            if self._stop.wait(max(wait, 0.01)):
+            wait = max(self._last_write + self.renew_every - time.monotonic(), pause, 0.01)
+            if self._stop.wait(wait):
                 return
-            self._write(rows_only=False)
+            pause = 0.0 if self._write(rows_only=False) else min(self.renew_every, 5.0)
 
     def stop(self, *, final_write: bool = False) -> None:
         """Stop renewing; `final_write`: first write the rows still buffered (a failed or
@@ -214,7 +217,11 @@ class _StopSignals:
             return lambda: None
         sigs = (signal.SIGINT, signal.SIGTERM) if sigterm else (signal.SIGINT,)
         old = {s: signal.signal(s, self._handle) for s in sigs}
-        return lambda: [signal.signal(s, h) for s, h in old.items()] and None
+
+        def undo() -> None:
+            for s, h in old.items():
+                signal.signal(s, h)
+        return undo
 
 
 class Worker:

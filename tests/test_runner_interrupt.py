@@ -65,11 +65,12 @@ def patch(store: Store, name: str, before=None, after=None) -> None:
 
 def run_stopped(store: Store, trainer, *, raises=KeyboardInterrupt, **opts) -> None:
     options = WorkerOptions(lease_seconds=300, **opts)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     t = time.monotonic()
     with pytest.raises(raises):
         Worker(store, trainer=trainer, options=options).run()
     assert time.monotonic() - t < 20
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # restored
 
 
 def in_claim_order(store: Store) -> list[dict]:

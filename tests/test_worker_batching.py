@@ -147,6 +147,32 @@ def test_a_heartbeat_waits_for_the_threads_write_in_flight(tmp_path):
     lease.stop()
 
 
+def test_a_store_blip_keeps_the_rows_and_the_thread_does_not_spin(tmp_path):
+    from scaling.errors import RuntimeFailure
+
+    store = Store(f"sqlite:///{tmp_path / 'runs.db'}")
+    store.enqueue([trial("blip")])
+    claim = store.claim("w", lease_seconds=0.4)
+    real, calls, down = store.heartbeat, [], threading.Event()
+    down.set()
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if down.is_set():
+            raise RuntimeFailure("store: cannot reach it (simulated)")
+        return real(*a, **k)
+    store.heartbeat = flaky
+    lease = _Lease(store, claim, lease_seconds=0.4)  # due every 0.1 s; retries every 0.1 s when down
+    lease.add_metrics({"step": 1})
+    lease.beat()  # fails: the row stays buffered
+    time.sleep(0.5)
+    assert len(calls) <= 8  # ~1 + 0.5 s / 0.1 s, not a spin
+    down.clear()
+    lease.beat()
+    lease.stop()
+    assert [m["step"] for m in store.metrics_rows(claim.trial_id)] == [1]
+
+
 def test_sigkill_loses_no_row_of_a_checkpointed_step(tmp_path):
     """Real worker processes, killed (SIGKILL) at random points: every row up to the last
     checkpoint on disk is in the store; the resumed run completes every step once."""
