@@ -2,7 +2,7 @@
 step's metrics one step late, and drains that lag before anything observes the state.
 
 The real tiny model of tests/test_train_run.py (same shape, same compile cache) runs
-here; the train executable, the checkpoint save and the evaluation are wrapped to record
+here; the train executable and the checkpoint save are wrapped to record
 WHEN things happen, inject a non-finite loss, or add a pause of known length.
 """
 from __future__ import annotations
