@@ -159,8 +159,9 @@ def test_device_seconds_covers_the_steps_and_nothing_else(monkeypatch, tmp_path)
     assert result.num_devices == 1 and result.steps == 16
     assert result.device_seconds >= 16 * per_step
     # Disjoint counters: their sum fits in the time they were measured in (the 1.5 s
-    # would break this if counted twice).
+    # would break this if counted twice). The slack covers checkpoint_seconds' restore
+    # attempt, timed just before the window (an empty directory: milliseconds).
     accounted = (result.device_seconds + compile_in_window + result.eval_seconds
                  + result.checkpoint_seconds)
-    assert accounted <= window + 0.05, (accounted, window)
+    assert accounted <= window + 0.2, (accounted, window)
     assert result.eval_seconds > 0 and result.checkpoint_seconds > 0
