@@ -14,8 +14,12 @@ PATH resolving to `python -m scaling.cli` of the interpreter running the tests.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
+import shutil
+import tempfile
 import shlex
 import subprocess
 import sys
@@ -63,6 +67,26 @@ def console_commands(body: str) -> list[str]:
             current = None
     assert current is None, f"console command ends with a continuation: {current!r}"
     return commands
+
+
+@contextlib.contextmanager
+def scratch_dir():
+    """An empty working directory at ONE fixed path, held under a lock while in use.
+
+    Fixed because JAX's persistent-cache key contains the cache directory's path as a
+    string (jax 0.10.2 hashes the compile options, which name
+    `<cache dir>/xla_gpu_per_fusion_autotune_cache_dir`), and TrainConfig's default
+    cache is `results/jax_cache` under the working directory: from a new temporary
+    directory every page would compile the tiny models again (~40-110 s on 2 cores).
+    One path for every page lets the README and the docs share their compilations."""
+    root = Path(tempfile.gettempdir()) / f"scaling-doc-examples-{os.getuid()}"
+    root.mkdir(exist_ok=True)
+    with open(root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another page (or session) waits for its turn
+        path = root / "cwd"
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir()
+        yield path
 
 
 def scratch_env(cwd: Path) -> dict:

@@ -7,7 +7,7 @@ runner); every command must exit 0. docs/pods.md describes a pod; to run it at t
 scale the test changes exactly these things, and nothing else:
 1. `export STORE=...` sets STORE to a fresh database on the test server
    (conftest.py's `pg_url`, written `postgresql://` as in the page);
-2. `export RESULTS_DIR=...` sets RESULTS_DIR to `<scratch>/shared/results`;
+2. `export RESULTS_DIR=...` sets RESULTS_DIR to `<scratch dir>/shared/results`;
 3. in commands that use `$STORE`, the spec and sweep name `paper` becomes `smoke`
    (sweeps/specs/smoke.toml: 2 grid trials + 1 LR extension of 4 steps each);
 4. a command ending in `# on every host` is started twice at once (two hosts joining).
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_examples import REPO, Step, page_steps, run_command, scratch_env
+from cli_examples import REPO, Step, page_steps, run_command, scratch_dir, scratch_env
 
 DOCS = REPO / "docs"
 PAGES = sorted(p.name for p in DOCS.glob("*.md") if "```console" in p.read_text())
@@ -67,8 +67,13 @@ def pod_command(command: str, *, store: str, results_dir: Path) -> str:
 # start at once (jax import + the smoke shape from the shared compile cache) and train
 # 3 tiny trials; the other pages only plan, count and convert (seconds each).
 @pytest.mark.parametrize("page", PAGES)
-def test_doc_commands_run_as_shown(page, tmp_path, request):
-    env = scratch_env(tmp_path)
+def test_doc_commands_run_as_shown(page, request):
+    with scratch_dir() as cwd:
+        _run_page(page, cwd, request)
+
+
+def _run_page(page: str, cwd: Path, request) -> None:
+    env = scratch_env(cwd)
     store = None
     if any("$STORE" in s.text for s in steps(page)):
         import sqlalchemy as sa
@@ -78,17 +83,17 @@ def test_doc_commands_run_as_shown(page, tmp_path, request):
     outputs: dict[str, list[str]] = {}
     for step in steps(page):
         if step.kind == "file":
-            (tmp_path / step.name).write_text(step.text)
+            (cwd / step.name).write_text(step.text)
             continue
         command = step.text
         if store is not None:
-            command = pod_command(command, store=store, results_dir=tmp_path / "shared" / "results")
-        outs = run_command(command, tmp_path, env, copies=2 if command.endswith(ON_EVERY_HOST) else 1)
+            command = pod_command(command, store=store, results_dir=cwd / "shared" / "results")
+        outs = run_command(command, cwd, env, copies=2 if command.endswith(ON_EVERY_HOST) else 1)
         outputs[command] = outs
         if command.startswith("scaling plan") and "--json" not in command:
             assert "predicted held-out loss" in outs[0], outs[0]
     if page == "pods.md":
-        _check_pod_run(tmp_path, store, outputs)
+        _check_pod_run(cwd, store, outputs)
 
 
 def _check_pod_run(cwd: Path, store: str, outputs: dict[str, list[str]]) -> None:

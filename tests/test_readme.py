@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_examples import page_steps, run_command, scratch_env
+from cli_examples import page_steps, run_command, scratch_dir, scratch_env
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -25,11 +25,12 @@ def test_readme_has_cli_examples():
 
 
 @pytest.mark.slow  # ~70 s on 2 cores: one tiny training run and an 18-trial sweep
-def test_readme_cli_examples_run(tmp_path):
-    env = scratch_env(tmp_path)
-    for command in readme_commands():
-        (out,) = run_command(command, tmp_path, env)
-        if command.startswith("scaling plan"):
-            assert "predicted held-out loss" in out
-    assert (tmp_path / "results" / "readme_report" / "report.html").exists()
-    assert (tmp_path / "results" / "readme_runs.csv").read_text().count("\n") == 1 + 18
+def test_readme_cli_examples_run():
+    with scratch_dir() as cwd:
+        env = scratch_env(cwd)
+        for command in readme_commands():
+            (out,) = run_command(command, cwd, env)
+            if command.startswith("scaling plan"):
+                assert "predicted held-out loss" in out
+        assert (cwd / "results" / "readme_report" / "report.html").exists()
+        assert (cwd / "results" / "readme_runs.csv").read_text().count("\n") == 1 + 18
