@@ -19,6 +19,7 @@ import fcntl
 import os
 import re
 import shutil
+import signal
 import tempfile
 import shlex
 import subprocess
@@ -69,24 +70,43 @@ def console_commands(body: str) -> list[str]:
     return commands
 
 
+SLOTS = 2  # scratch paths; pytest -n 2 runs at most two pages at once
+
+
 @contextlib.contextmanager
 def scratch_dir():
-    """An empty working directory at ONE fixed path, held under a lock while in use.
+    """An empty working directory at a FIXED path, held under a lock while in use.
 
     Fixed because JAX's persistent-cache key contains the cache directory's path as a
     string (jax 0.10.2 hashes the compile options, which name
     `<cache dir>/xla_gpu_per_fusion_autotune_cache_dir`), and TrainConfig's default
     cache is `results/jax_cache` under the working directory: from a new temporary
     directory every page would compile the tiny models again (~40-110 s on 2 cores).
-    One path for every page lets the README and the docs share their compilations."""
+    The first free one of SLOTS paths is taken, so parallel test workers do not wait
+    for each other (each path compiles a shape once, then finds it in the cache)."""
     root = Path(tempfile.gettempdir()) / f"scaling-doc-examples-{os.getuid()}"
     root.mkdir(exist_ok=True)
-    with open(root / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another page (or session) waits for its turn
-        path = root / "cwd"
-        shutil.rmtree(path, ignore_errors=True)
+    slot, lock = _take_slot(root)
+    try:
+        path = root / f"cwd{slot}"
+        shutil.rmtree(path, ignore_errors=True)  # a symlinked cache is unlinked, not followed
         path.mkdir()
         yield path
+    finally:
+        lock.close()  # releases the lock
+
+
+def _take_slot(root: Path):
+    for slot in range(SLOTS):
+        lock = open(root / f"lock{slot}", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return slot, lock
+        except BlockingIOError:
+            lock.close()
+    lock = open(root / "lock0", "w")  # all busy (several test sessions): wait for the first
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return 0, lock
 
 
 def scratch_env(cwd: Path) -> dict:
@@ -122,14 +142,15 @@ def run_command(command: str, cwd: Path, env: dict, *, copies: int = 1, timeout:
     for log in logs:
         with open(log, "wb") as f:  # files, not pipes: a full pipe would block a process
             procs.append(subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=f,
-                                          stderr=subprocess.STDOUT))
+                                          stderr=subprocess.STDOUT, start_new_session=True))
     outs = []
     for p, log in zip(procs, logs):
         try:
             p.wait(timeout=timeout)
         finally:
-            if p.poll() is None:
-                p.kill()
+            if p.poll() is None:  # timed out: stop bash and what it started
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
         out = log.read_text(errors="replace")
         assert p.returncode == 0, f"`{command}` exited {p.returncode}:\n{out[-3000:]}"
         outs.append(out)
