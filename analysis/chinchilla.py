@@ -2,7 +2,9 @@
 
 L(N, D) = E + A/N^alpha + B/D^beta, N = parameters, D = training examples seen, fitted as
 log L_hat = LSE(a - alpha log N, b - beta log D, e) with the summed Huber loss (delta 1e-3)
-from the [H22] initialisation grid (REFERENCE.md s3), bootstrap over the fitted points.
+from the [H22] initialisation grid (REFERENCE.md s3). Intervals: a parametric bootstrap at
+the fitted points with a small-sample noise scale, withheld when the design has < 3 model
+sizes or < 3 data sizes (see fit_approach3 and docs/analysis.md for measured coverage).
 
 Compute is NOT 6 N D for ConvNets: FLOPs per example depend on depth, width and
 resolution. Between family members we fit F(N) = c N^gamma (forward FLOPs/example against
@@ -61,7 +63,8 @@ def _designs(log_n, log_d):
 def _named(theta):
     theta = np.atleast_2d(theta)
     a, b, e, alpha, beta = theta.T
-    return {"E": np.exp(e), "A": np.exp(a), "B": np.exp(b), "alpha": alpha, "beta": beta}
+    with np.errstate(over="ignore"):  # a wild resample overflows to inf: not finite, left out of intervals
+        return {"E": np.exp(e), "A": np.exp(a), "B": np.exp(b), "alpha": alpha, "beta": beta}
 
 
 @dataclass
@@ -77,6 +80,11 @@ class ChinchillaFit:
     converged_fraction: float
     n_points: int
     level: float = 0.95
+    n_sizes: int = 0  # distinct model sizes among the points
+    n_data_sizes: int = 0  # distinct examples_seen
+    dof: int = 0  # residual degrees of freedom (points - identified parameter directions)
+    method: str = "parametric"  # how the samples were drawn (fit_approach3)
+    withheld: str = ""  # why the samples are all NaN (no intervals), "" when they are given
 
     def predict(self, n, d, samples: bool = False):
         p = self.samples if samples else {k: np.asarray(v) for k, v in self.params.items()}
@@ -84,7 +92,8 @@ class ChinchillaFit:
         if samples:
             n, d = n[None, ...], d[None, ...]
             p = {k: v.reshape(-1, *([1] * n.ndim)[1:]) for k, v in p.items()}
-        return p["E"] + p["A"] / n ** p["alpha"] + p["B"] / d ** p["beta"]
+        with np.errstate(over="ignore", invalid="ignore"):  # wild resamples -> inf/NaN, left out of intervals
+            return p["E"] + p["A"] / n ** p["alpha"] + p["B"] / d ** p["beta"]
 
     def _optimal(self, compute, p):
         g = self.flops.gamma
@@ -134,34 +143,67 @@ class ChinchillaFit:
                 "r2": self.r2, "status": self.status, "success": self.success,
                 "starts_agreeing": f"{self.starts_agreeing}/{min(self.starts, 32)}",
                 "converged_fraction": self.converged_fraction, "n_points": self.n_points,
+                "n_sizes": self.n_sizes, "n_data_sizes": self.n_data_sizes, "dof": self.dof,
+                "interval_method": self.method, "intervals_withheld": self.withheld or None,
                 "exponents": self.exponents(), "same_rate": self.same_rate(level)}
 
 
+# Each exponent needs >= 3 distinct values of its variable: with 2 model sizes the data fix
+# only E + A/N^alpha at those two sizes, so E, A and alpha trade off along a ridge.
+MIN_DISTINCT = 3
+
+
+def identification(n_sizes: int, n_data: int) -> str:
+    """Why the law's parameters are not all identified by the design ("" when they are)."""
+    why = []
+    if n_sizes < MIN_DISTINCT:
+        why.append(f"the N exponent needs >= {MIN_DISTINCT} distinct model sizes, the runs have {n_sizes}")
+    if n_data < MIN_DISTINCT:
+        why.append(f"the D exponent needs >= {MIN_DISTINCT} distinct data sizes (epoch budgets), the runs have {n_data}")
+    return "; ".join(why)
+
+
 def fit_approach3(opt: pd.DataFrame, resamples: int = 1000, seed: int = 0, level: float = 0.95,
-                  flops: FlopsRelation | None = None, polish: bool = True) -> ChinchillaFit:
-    """Fit L(N, D) to the lr-optimal points (columns params, examples_seen, heldout_loss)."""
+                  flops: FlopsRelation | None = None, polish: bool = True, method: str = "parametric",
+                  starts: np.ndarray = INIT_GRID) -> ChinchillaFit:
+    """Fit L(N, D) to the lr-optimal points (columns params, examples_seen, heldout_loss).
+
+    Intervals (`method`): "parametric" (default) refits simulated data at the same points
+    with the noise scale drawn from its small-sample distribution (fitting.parametric_samples),
+    and withholds them when the design does not identify the law; "cases" is the old
+    bootstrap over the points, kept only to measure how much it under-covers. `starts`:
+    initial (a, b, e, alpha, beta) rows; coverage tests pass the truth to skip the grid."""
     pts = opt.dropna(subset=["params", "examples_seen", "heldout_loss"])
     if pts["params"].nunique() < 2 or pts["examples_seen"].nunique() < 2 or len(pts) < 6:
         raise ValueError(f"Approach 3 needs >= 2 model sizes, >= 2 data sizes and >= 6 points; has "
                          f"{pts['params'].nunique()} sizes, {pts['examples_seen'].nunique()} data sizes, {len(pts)} points")
+    if method not in fitting.INTERVAL_METHODS:
+        raise ValueError(f"method: {method!r} is not one of {fitting.INTERVAL_METHODS}")
     flops = fit_flops_relation(pts) if flops is None else flops
     log_n, log_d = np.log(pts["params"].to_numpy(float)), np.log(pts["examples_seen"].to_numpy(float))
     y = np.log(pts["heldout_loss"].to_numpy(float))
     designs = _designs(log_n, log_d)
-    point = fitting.fit_multistart(INIT_GRID, designs, y, polish=polish)
+    point = fitting.fit_multistart(starts, designs, y, polish=polish)
     u = np.einsum("jnp,p->jn", designs, point.theta)
     r2 = fitting.r_squared(y, np.logaddexp.reduce(u, axis=0))
     rng = np.random.default_rng(seed)
-    w = fitting.bootstrap_weights(len(y), resamples, rng)
-    boot = fitting.minimize_batched(np.repeat(point.theta[None], resamples, axis=0), designs, y, w,
-                                    max_iter=fitting.BOOTSTRAP_MAX_ITER)
-    theta = boot.theta.copy()
-    theta[~boot.converged] = np.nan
+    n_sizes, n_data = int(pts["params"].nunique()), int(pts["examples_seen"].nunique())
+    if method == "parametric":
+        res = fitting.parametric_bootstrap(point.theta, designs, y, resamples, rng,
+                                           not_identified=identification(n_sizes, n_data))
+        theta, converged, dof, withheld = res.theta, res.converged_fraction, res.dof, res.withheld
+    else:
+        w = fitting.bootstrap_weights(len(y), resamples, rng)
+        boot = fitting.minimize_batched(np.repeat(point.theta[None], resamples, axis=0), designs, y, w,
+                                        max_iter=fitting.BOOTSTRAP_MAX_ITER)
+        theta = np.where(boot.converged[:, None], boot.theta, np.nan)
+        converged = float(boot.converged.mean()) if resamples else float("nan")
+        dof, withheld = fitting.residual_dof(fitting.linearise(point.theta, designs, y)[1]), ""
     return ChinchillaFit(params={k: float(v[0]) for k, v in _named(point.theta).items()},
                          samples=_named(theta), flops=flops, r2=r2, status=point.status, success=point.success,
-                         starts=point.starts, starts_agreeing=point.starts_agreeing,
-                         converged_fraction=float(boot.converged.mean()) if resamples else float("nan"),
-                         n_points=len(y), level=level)
+                         starts=point.starts, starts_agreeing=point.starts_agreeing, converged_fraction=converged,
+                         n_points=len(y), level=level, n_sizes=n_sizes, n_data_sizes=n_data, dof=dof,
+                         method=method, withheld=withheld)
 
 
 def isoflop_profiles(opt: pd.DataFrame, fit: ChinchillaFit | None = None, decade_width: float = 0.5) -> pd.DataFrame:

@@ -66,7 +66,7 @@ def analyze(
     else:
         typer.echo(f"report: {path}")
         for note in result.notes:
-            typer.echo(f"note: {note}")
+            typer.echo(note if note in result.warnings else f"note: {note}")
     if result.opt.empty:
         raise RuntimeFailure(f"nothing to analyse: {'; '.join(result.notes)} (report written to {path})")
 

@@ -200,8 +200,46 @@ def fit_multistart(starts, designs, y, delta=HUBER_DELTA, screen=512, keep=32, s
 
 
 def bootstrap_weights(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """Multinomial resampling of n points as integer weights (resamples, n)."""
+    """Multinomial resampling of n points as integer weights (resamples, n): the "cases"
+    bootstrap. Kept for comparison only: with few points a resample drops whole model
+    sizes, and its intervals under-cover badly (docs/analysis.md, coverage tables)."""
     return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(float)
+
+
+# Singular values of the column-normalised Jacobian below this fraction of the largest
+# count as zero: an exactly unidentified direction (2 model sizes for 3 size parameters)
+# gives ~1e-16, a merely ill-conditioned but identified one (close sizes) > 1e-6.
+RANK_RTOL = 1e-9
+
+
+def linearise(theta: np.ndarray, designs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Residuals of the log prediction (n,) and its Jacobian (n, p) at one parameter vector."""
+    _, r, jac = _evaluate(np.atleast_2d(theta), designs, np.atleast_2d(y), np.ones((1, y.shape[-1])), HUBER_DELTA)
+    return r[0], jac[0]
+
+
+def residual_dof(jac: np.ndarray) -> int:
+    """Points minus the number of parameter directions the data pin down (the rank of the
+    (n, p) Jacobian of the log prediction): the degrees of freedom left for the noise."""
+    norms = np.linalg.norm(jac, axis=0)
+    live = norms > DEAD_SENSITIVITY * np.sqrt(jac.shape[0])  # a parameter at a boundary (E -> 0) has none
+    if not live.any():
+        return jac.shape[0]
+    sv = np.linalg.svd(jac[:, live] / norms[live], compute_uv=False)
+    return int(jac.shape[0] - np.sum(sv > RANK_RTOL * sv[0]))
+
+
+def parametric_samples(y_hat: np.ndarray, resid: np.ndarray, dof: int, resamples: int,
+                       rng: np.random.Generator) -> np.ndarray:
+    """Simulated log losses (resamples, n) at the SAME points: y_hat + s_b z_b, z_b normal.
+
+    The noise scale is not taken as known: s_b = s sqrt(dof / chi2_dof) with s^2 = RSS / dof,
+    the residual variance's sampling distribution. For a linear fit this makes the spread of
+    the refits exactly Student-t with dof degrees of freedom (the classical small-sample
+    interval); the refits carry the law's nonlinearity (exponents, N_opt) on top."""
+    s = np.sqrt(np.sum(resid**2) / dof)
+    scale = s * np.sqrt(dof / rng.chisquare(dof, size=(resamples, 1)))
+    return y_hat[None, :] + scale * rng.standard_normal((resamples, y_hat.size))
 
 
 def r_squared(y: np.ndarray, pred: np.ndarray) -> float:
@@ -217,3 +255,40 @@ def interval(samples: np.ndarray, level: float) -> tuple[float, float]:
         return (float("nan"), float("nan"))
     lo, hi = np.quantile(s, [(1 - level) / 2, (1 + level) / 2])
     return (float(lo), float(hi))
+
+
+INTERVAL_METHODS = ("parametric", "cases")  # "cases": the old point-resampling bootstrap, for comparison
+
+
+@dataclass
+class Resampled:
+    theta: np.ndarray  # (B, p) refits (kept even if not converged); NaN rows: intervals withheld
+    converged_fraction: float  # refits that met the convergence test; NaN when withheld
+    dof: int  # residual degrees of freedom of the full-data fit
+    withheld: str  # why no interval is given ("" when intervals are given)
+
+
+def parametric_bootstrap(theta_hat: np.ndarray, designs: np.ndarray, y: np.ndarray, resamples: int,
+                         rng: np.random.Generator, not_identified: str = "") -> Resampled:
+    """Refit the law to `resamples` simulated data sets at the fitted points (see
+    parametric_samples). Intervals are withheld, with the reason, when a parameter is not
+    identified by the design (`not_identified`, from the caller, which knows the law) or no
+    degree of freedom is left to estimate the noise."""
+    resid, jac = linearise(theta_hat, designs, y)
+    dof = residual_dof(jac)
+    withheld = not_identified or ("" if dof >= 1 else
+                                  f"no degree of freedom left to estimate the noise ({y.size} points, "
+                                  f"{y.size - dof} parameter directions)")
+    nan = np.full((resamples, theta_hat.size), np.nan)
+    if withheld or resamples == 0:
+        return Resampled(nan, float("nan"), dof, withheld)
+    y_sim = parametric_samples(y - resid, resid, dof, resamples, rng)
+    with np.errstate(all="ignore"):
+        boot = minimize_batched(np.repeat(theta_hat[None], resamples, axis=0), designs, y_sim,
+                                np.ones(y.size), max_iter=BOOTSTRAP_MAX_ITER)
+    # Refits stopped by the iteration cap are KEPT at their last iterate: they are the data
+    # sets whose law runs off along a ridge (alpha -> 0 with A -> inf, E -> 0, ...), i.e. the
+    # ones the design cannot pin down. Dropping them (as the "cases" bootstrap does) hides
+    # exactly the uncertainty the interval must show (measured: docs/analysis.md).
+    theta = np.where(np.isfinite(boot.theta).all(axis=1, keepdims=True), boot.theta, np.nan)
+    return Resampled(theta, float(boot.converged.mean()), dof, "")

@@ -6,8 +6,9 @@ less or equal compute has a lower loss: the paper's Figure 2 reading). Laws, fit
 log space with the summed Huber loss (analysis.fitting):
   "power":  L = k C^-b          (the paper's log-log law [S23])
   "offset": L = E + k C^-b      ([A22] M2, an irreducible loss E)
-Bootstrap: resample the points (multinomial weights), recompute the envelope inside
-each resample (so the choice of frontier points is part of the uncertainty), refit.
+Intervals: a parametric bootstrap at the frontier points with a small-sample noise scale
+(fitting.parametric_samples; the old resampling of points, with the envelope recomputed
+per resample, is kept as method="cases": it under-covers with few points, docs/analysis.md).
 Compute is in real FLOPs; other units are a rescaling of C done for display only.
 """
 from __future__ import annotations
@@ -55,7 +56,11 @@ def _starts(form: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _to_named(form: str, theta: np.ndarray, log_cref: float) -> dict[str, np.ndarray]:
-    theta = np.atleast_2d(theta)
+    with np.errstate(over="ignore"):  # a wild resample's k overflows to inf: not finite, left out of intervals
+        return _named_params(form, np.atleast_2d(theta), log_cref)
+
+
+def _named_params(form: str, theta: np.ndarray, log_cref: float) -> dict[str, np.ndarray]:
     if form == "power":
         a, b = theta[:, 0], theta[:, 1]
         return {"k": np.exp(a + b * log_cref), "b": b}
@@ -77,6 +82,9 @@ class LawFit:
     n_points: int
     starts_agreeing: str
     level: float = 0.95
+    dof: int = 0  # residual degrees of freedom of the fit on the frontier points
+    method: str = "parametric"  # how the samples were drawn (fit_law)
+    withheld: str = ""  # why the samples are all NaN (no intervals), "" when they are given
 
     def predict(self, compute) -> np.ndarray:
         c = np.asarray(compute, dtype=float)
@@ -104,15 +112,21 @@ class LawFit:
         return {"form": self.form, "params": self.params, "intervals": self.intervals(level),
                 "level": self.level if level is None else level, "r2": self.r2, "status": self.status,
                 "success": self.success, "converged_fraction": self.converged_fraction,
-                "n_points": self.n_points, "starts_agreeing": self.starts_agreeing}
+                "n_points": self.n_points, "starts_agreeing": self.starts_agreeing, "dof": self.dof,
+                "interval_method": self.method, "intervals_withheld": self.withheld or None}
 
 
 def fit_law(form: str, compute, loss, resamples: int = 1000, seed: int = 0, envelope: bool = True,
-            level: float = 0.95) -> LawFit:
-    """Fit one law to (compute, loss) points; bootstrap over the points.
+            level: float = 0.95, method: str = "parametric") -> LawFit:
+    """Fit one law to (compute, loss) points, with bootstrap samples for intervals.
 
+    `method` "parametric" (default): refits of simulated losses at the frontier points with a
+    small-sample noise scale (fitting.parametric_samples); "cases": the old resampling of
+    the points with the envelope recomputed per resample, kept to measure its coverage.
     Raises ValueError when there are too few distinct frontier points for the form.
     """
+    if method not in fitting.INTERVAL_METHODS:
+        raise ValueError(f"method: {method!r} is not one of {fitting.INTERVAL_METHODS}")
     c, l = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
     ok = np.isfinite(c) & np.isfinite(l) & (c > 0) & (l > 0)
     c, l = c[ok], l[ok]
@@ -129,23 +143,27 @@ def fit_law(form: str, compute, loss, resamples: int = 1000, seed: int = 0, enve
     log_pred = np.log(_to_named_predict(form, point.theta, x[on]))
     r2 = fitting.r_squared(ye, log_pred)
     rng = np.random.default_rng(seed)
-    w = fitting.bootstrap_weights(c.size, resamples, rng)
-    if envelope:
-        w = w * envelope_mask(c, l, w)
-    _, inverse = np.unique(c, return_inverse=True)
-    distinct = ((w > 0).astype(float) @ np.eye(inverse.max() + 1)[inverse] > 0).sum(axis=1)
-    boot = fitting.minimize_batched(np.repeat(point.theta[None], resamples, axis=0), designs, y, w,
-                                    max_iter=fitting.BOOTSTRAP_MAX_ITER)
-    theta = boot.theta.copy()
-    bad = ~boot.converged | (distinct < p + 1)
-    theta[bad] = np.nan
+    if method == "parametric":
+        res = fitting.parametric_bootstrap(point.theta, fe, ye, resamples, rng)
+        theta, converged, dof, withheld = res.theta, res.converged_fraction, res.dof, res.withheld
+    else:
+        w = fitting.bootstrap_weights(c.size, resamples, rng)
+        if envelope:
+            w = w * envelope_mask(c, l, w)
+        _, inverse = np.unique(c, return_inverse=True)
+        distinct = ((w > 0).astype(float) @ np.eye(inverse.max() + 1)[inverse] > 0).sum(axis=1)
+        boot = fitting.minimize_batched(np.repeat(point.theta[None], resamples, axis=0), designs, y, w,
+                                        max_iter=fitting.BOOTSTRAP_MAX_ITER)
+        bad = ~boot.converged | (distinct < p + 1)
+        theta = np.where(bad[:, None], np.nan, boot.theta)
+        converged = float(np.mean(~bad)) if resamples else float("nan")
+        dof, withheld = fitting.residual_dof(fitting.linearise(point.theta, fe, ye)[1]), ""
     named = _to_named(form, point.theta, log_cref)
     return LawFit(form=form, params={k: float(v[0]) for k, v in named.items()},
                   samples=_to_named(form, theta, log_cref), r2=r2, status=point.status,
-                  success=point.success,
-                  converged_fraction=float(np.mean(~bad)) if resamples else float("nan"),
+                  success=point.success, converged_fraction=converged,
                   n_points=int(on.sum()), starts_agreeing=f"{point.starts_agreeing}/{min(point.starts, 32)}",
-                  level=level)
+                  level=level, dof=dof, method=method, withheld=withheld)
 
 
 def _to_named_predict(form: str, theta: np.ndarray, x: np.ndarray) -> np.ndarray:

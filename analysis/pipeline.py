@@ -11,10 +11,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis import chinchilla, frontier, lr
+from analysis import chinchilla, fitting, frontier, lr
 
 DEFAULT_RESAMPLES = 1000  # issue 6: at least 1000 bootstrap resamples
 DEFAULT_LEVEL = 0.95
+# Below these the fit "rests on few points" and every output says so (one WARNING line).
+# Sizes: 3 distinct values identify the N exponent, with nothing left to check the law's
+# shape in N; 4 sizes x 3 budgets is the smallest design whose measured coverage is at or
+# above nominal for every quantity (docs/analysis.md; 3x3 under-covers alpha and the loss
+# 3 decades out). Residual degrees of freedom: with dof <= 4 the small-sample factor
+# t(0.975, dof) / 1.96 is >= 1.4, so the noise scale itself is barely known.
+ADVISED_SIZES, ADVISED_BUDGETS, ADVISED_DOF = 4, 3, 5
+WARNING = "WARNING: "  # prefix of the few-points line in notes (CLI, report, demo, plan)
 
 
 @dataclass
@@ -30,6 +38,10 @@ class Analysis:
     level: float = DEFAULT_LEVEL
     resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
+
+    @property
+    def warnings(self) -> list[str]:
+        return [n for n in self.notes if n.startswith(WARNING)]
 
     @property
     def dataset_size(self) -> float:
@@ -125,10 +137,43 @@ def run_analysis(runs: pd.DataFrame, notes: list[str] | None = None, resamples: 
             res.isoflop = chinchilla.isoflop_profiles(opt, res.approach3)
         except _FIT_ERRORS as err:
             notes.append(f"IsoFLOP profiles not computed: {err}")
+    warning = few_points_warning(opt, res.approach3, res.laws)
+    if warning:
+        notes.insert(0, warning)
     for name, fit in [*res.laws.items(), ("approach3", res.approach3)]:
         if fit is not None and not fit.success:
             notes.append(f"fit '{name}' did not meet the convergence test: {fit.status}")
-        if fit is not None and resamples and fit.converged_fraction < 0.95:
-            notes.append(f"fit '{name}': only {fit.converged_fraction:.0%} of bootstrap resamples converged "
+        if fit is not None and resamples and fit.converged_fraction < 0.95:  # False when NaN (withheld)
+            notes.append(f"fit '{name}': only {fit.converged_fraction:.0%} of the bootstrap refits converged within "
+                         f"{fitting.BOOTSTRAP_MAX_ITER} iterations; the others (laws running off along a direction "
+                         "the data do not pin down) are kept at their last iterate, so the intervals show it"
+                         if fit.method == "parametric" else
+                         f"fit '{name}': only {fit.converged_fraction:.0%} of bootstrap resamples converged "
                          "or had enough distinct points; intervals use those")
     return res
+
+
+def few_points_warning(opt: pd.DataFrame, fit: chinchilla.ChinchillaFit | None,
+                       laws: dict[str, frontier.LawFit]) -> str:
+    """One line, "" when the design is large enough: how many points and distinct sizes the
+    compute-optimal fit rests on, which intervals are withheld, and what to add to the sweep."""
+    if fit is None:
+        return ""
+    sizes, budgets, dof = fit.n_sizes, fit.n_data_sizes, fit.dof
+    if sizes >= ADVISED_SIZES and budgets >= ADVISED_BUDGETS and dof >= ADVISED_DOF:
+        return ""
+    add = []
+    if sizes < ADVISED_SIZES:
+        add.append(f"{ADVISED_SIZES - sizes} more model size(s) (width/depth multipliers)")
+    if budgets < ADVISED_BUDGETS:
+        add.append(f"{ADVISED_BUDGETS - budgets} more epoch budget(s)")
+    if not add:
+        add.append("more model sizes or epoch budgets")
+    law = laws.get("power")
+    front = f"; the frontier law rests on {law.n_points} frontier points" if law is not None else ""
+    withheld = f"; intervals withheld: {fit.withheld}" if fit.withheld else \
+        "; intervals are wide and extrapolation beyond the runs is weakly constrained"
+    return (f"{WARNING}few points: the compute-optimal fit rests on {fit.n_points} (model, epochs) optima from "
+            f"{sizes} model size(s) x {budgets} epoch budget(s) ({dof} residual degrees of freedom){front}"
+            f"{withheld}; add {' and '.join(add)} to the sweep (advised: >= {ADVISED_SIZES} sizes x "
+            f">= {ADVISED_BUDGETS} budgets)")

@@ -108,20 +108,28 @@ def plan(a: Analysis, budget: float, unit: str, extrapolate: bool = False, utili
         "peak_lr": peak_lr,
         "predicted_loss": loss, "predicted_loss_interval": fitting.interval(loss_s, level), "level": level,
         "frontier_law_loss": float(law.predict([flops])[0]) if law else None,
+        "intervals_withheld": fit.withheld or None,
+        "warnings": a.warnings,
         "notes": a.notes,
     }
 
 
+def _iv(iv, fmt: str) -> str:
+    lo, hi = iv
+    return f"{lo:{fmt}}..{hi:{fmt}}" if math.isfinite(lo) and math.isfinite(hi) else "withheld"
+
+
 def format_plan(p: dict) -> str:
-    """Human-readable plan (the --json flag prints the dict instead)."""
+    """Human-readable plan (the --json flag prints the dict instead). Warnings come first,
+    whether or not the caller passes the notes."""
     r, co = p["recommended"], p["compute_optimal"]
-    lo, hi = p["predicted_loss_interval"]
-    lines = [f"budget: {p['budget']['value']:g} {p['budget']['unit']} = {p['budget']['flops']:.3g} training FLOPs"
+    lines = list(p.get("warnings", []))
+    lines += [f"budget: {p['budget']['value']:g} {p['budget']['unit']} = {p['budget']['flops']:.3g} training FLOPs"
              + (f"  (EXTRAPOLATED {p['decades_outside']:.1f} orders of magnitude outside the fitted runs)"
                 if p["extrapolated"] else ""),
-             f"compute-optimal size: N_opt = {co['params']:.3g} params "
-             f"[{co['params_interval'][0]:.3g}, {co['params_interval'][1]:.3g}], "
-             f"D_opt = {co['examples']:.3g} examples",
+             f"compute-optimal size: N_opt = {co['params']:.3g} params ({p['level']:.0%} interval "
+             f"{_iv(co['params_interval'], '.3g')}), D_opt = {co['examples']:.3g} examples "
+             f"({_iv(co['examples_interval'], '.3g')})",
              f"model: {r['model']} (depth x{r['depth_mult']:.3g}, width x{r['width_mult']:g}, "
              f"{r['params']:.3g} params, {r['flops_per_example']:.3g} FLOPs/example at {r['resolution']}px); "
              f"nearest named variant {r['nearest_named']} ({r['nearest_named_params']:.3g} params)",
@@ -129,8 +137,11 @@ def format_plan(p: dict) -> str:
              f"steps: {p['steps']} at batch {p['batch_size']:g}" if p["steps"] is not None else
              f"examples: {p['examples']:.3g}",
              f"peak lr: {p['peak_lr']:.3g}",
-             f"predicted held-out loss: {p['predicted_loss']:.4g} ({p['level']:.0%} interval {lo:.4g}..{hi:.4g})",
-             "budget in every unit:"]
+             f"predicted held-out loss: {p['predicted_loss']:.4g} ({p['level']:.0%} interval "
+             f"{_iv(p['predicted_loss_interval'], '.4g')})"]
+    if p.get("intervals_withheld"):
+        lines.append(f"intervals withheld: {p['intervals_withheld']}")
+    lines += ["budget in every unit:"]
     lines += [f"  {k:>22}: {v:.4g}" for k, v in p["budget"]["in_units"].items()]
-    lines += [f"note: {n}" for n in p["notes"]]
+    lines += [f"note: {n}" for n in p["notes"] if n not in p.get("warnings", [])]
     return "\n".join(lines)

@@ -114,10 +114,13 @@ def optimal_figure(a: Analysis, per_unit: float, unit: str):
         (axes[1], d_opt / size if np.isfinite(size) else d_opt, d_s / size if np.isfinite(size) else d_s,
          "epochs E_opt [epochs]" if np.isfinite(size) else "examples D_opt", "examples_seen"),
     ):
-        with np.errstate(all="ignore"):
-            lo, hi = np.nanquantile(samples, q, axis=0)
-        ax.fill_between(grid / per_unit, lo, hi, alpha=0.2, color="tab:blue", lw=0)
-        ax.plot(grid / per_unit, point, "-", color="tab:blue", label=f"Approach 3 ({a.level:.0%} band)")
+        band = np.isfinite(samples).any(axis=0).all()  # False when the intervals are withheld
+        if band:
+            with np.errstate(all="ignore"):
+                lo, hi = np.nanquantile(samples, q, axis=0)
+            ax.fill_between(grid / per_unit, lo, hi, alpha=0.2, color="tab:blue", lw=0)
+        ax.plot(grid / per_unit, point, "-", color="tab:blue",
+                label=f"Approach 3 ({a.level:.0%} band)" if band else "Approach 3 (interval withheld: see notes)")
         ax.axvspan(cmax / per_unit, grid[-1] / per_unit, color="gray", alpha=0.08, label="beyond fitted runs")
         on = frontier.envelope_mask(a.opt["train_flops"].to_numpy(float), a.opt["heldout_loss"].to_numpy(float))
         y = a.opt[obs][on] / (size if obs == "examples_seen" and np.isfinite(size) else 1)

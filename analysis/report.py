@@ -23,7 +23,7 @@ def _table(df: pd.DataFrame) -> str:
 
 
 def _fmt_interval(iv) -> str:
-    return f"[{iv[0]:.4g}, {iv[1]:.4g}]"
+    return f"[{iv[0]:.4g}, {iv[1]:.4g}]" if np.isfinite(iv).all() else "withheld (see notes)"
 
 
 def law_table(a: Analysis) -> pd.DataFrame:
@@ -33,7 +33,8 @@ def law_table(a: Analysis) -> pd.DataFrame:
         for name, value in law.params.items():
             rows.append({"law": plots.LAW_STYLE[form][2], "parameter": name, "estimate": value,
                          f"{a.level:.0%} interval": _fmt_interval(iv[name]), "R^2 (log)": law.r2,
-                         "points": law.n_points, "bootstrap converged": law.converged_fraction,
+                         "points": law.n_points, "residual dof": law.dof,
+                         "bootstrap converged": law.converged_fraction,
                          "optimiser": law.status, "starts agreeing": law.starts_agreeing})
     return pd.DataFrame(rows)
 
@@ -53,7 +54,10 @@ def approach3_tables(a: Analysis) -> tuple[pd.DataFrame, pd.DataFrame]:
         {"quantity": "D_opt ~ C^a_D (epochs)", "value": f"{sr['a_D']:.4g} {_fmt_interval(sr['a_D_interval'])}"},
         {"quantity": "a_N - a_D", "value": f"{sr['difference']:.4g} {_fmt_interval(sr['difference_interval'])}"},
         {"quantity": "rule 'scale size and epochs at the same rate' [S23]", "value": sr["verdict"]},
-        {"quantity": "R^2 (log) / points", "value": f"{fit.r2:.4g} / {fit.n_points}"},
+        {"quantity": "R^2 (log) / points / residual dof", "value": f"{fit.r2:.4g} / {fit.n_points} "
+                                                                     f"({fit.n_sizes} sizes x {fit.n_data_sizes} "
+                                                                     f"data sizes) / {fit.dof}"},
+        {"quantity": "intervals", "value": f"withheld: {fit.withheld}" if fit.withheld else fit.method},
         {"quantity": "optimiser", "value": f"{fit.status}; best starts agreeing {d['starts_agreeing']}; "
                                             f"bootstrap converged {fit.converged_fraction:.1%}"},
     ])
@@ -91,8 +95,10 @@ def write_report(a: Analysis, out: Path, unit: str = "flops") -> Path:
              f"{a.opt['model'].nunique() if len(a.opt) else 0} models. Compute is training FLOPs (3 x forward, "
              f"2 FLOPs per MAC), shown in <b>{label}</b>"
              + ("" if parsed.kind == "flops" else " at the hardware table's default utilisation")
-             + f". Intervals: {a.level:.0%} percentile bootstrap over the fitted points, {a.resamples} resamples, "
-             f"seed {a.seed}.</p>", "<h2>Notes</h2><ul>"]
+             + f". Intervals: {a.level:.0%} percentile intervals of a parametric bootstrap that keeps the fitted "
+             f"points and draws the noise scale from its small-sample distribution (honest with few points; "
+             f"withheld when the design does not identify a law), {a.resamples} resamples, seed {a.seed}.</p>",
+             "<h2>Notes</h2><ul>"]
     parts += [f"<li class='note'>{html.escape(n)}</li>" for n in a.notes] or ["<li>none</li>"]
     parts.append("</ul>")
 

@@ -69,3 +69,20 @@ def test_all_diverged_exits_1_with_a_message_and_a_report(tmp_path):
     out = run("analyze", "--csv", str(tmp_path / "d.csv"), "--out", str(tmp_path / "r"), "--resamples", "10")
     assert out.returncode == 1 and "nothing to analyse" in out.stderr and "Traceback" not in out.stderr
     assert "diverged" in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_few_points_warning_in_plan_and_analyze_output(tmp_path):
+    """2 model sizes x 3 epoch budgets (the README's quick shape): one WARNING line naming the
+    numbers and what to add, in `plan`'s and `analyze`'s output and the report's notes."""
+    df = synthetic.make_runs(models=("F0", "F3"), epochs=(0.5, 1, 2), lr_grid=(0.8, 1.6, 3.2), lr_curvature=0.05)
+    df.to_csv(tmp_path / "few.csv", index=False)
+    out = run("plan", "--csv", str(tmp_path / "few.csv"), "--budget", "1e22", "--unit", "flops")
+    assert out.returncode == 0, out.stderr
+    first = out.stdout.splitlines()[0]
+    assert first.startswith("WARNING: few points") and "2 model size(s) x 3 epoch budget(s)" in first
+    assert "add 2 more model size(s)" in first and "interval withheld" in out.stdout
+    out = run("analyze", "--csv", str(tmp_path / "few.csv"), "--out", str(tmp_path / "r"), "--resamples", "20")
+    assert out.returncode == 0, out.stderr
+    (warning,) = [line for line in out.stdout.splitlines() if line.startswith("WARNING:")]
+    assert "2 model size(s) x 3 epoch budget(s)" in warning and "the frontier law rests on 6" in warning
+    assert "WARNING: few points" in (tmp_path / "r" / "report.html").read_text()
