@@ -130,7 +130,10 @@ class ChinchillaFit:
         level = self.level if level is None else level
         ex, s = self.exponents(), self.exponent_samples()
         lo, hi = fitting.interval(s["a_N"] - s["a_D"], level)
-        verdict = "consistent" if lo <= 0 <= hi else ("model size faster" if lo > 0 else "epochs faster")
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            verdict = f"not tested (intervals withheld: {self.withheld})" if self.withheld else "not tested (no interval)"
+        else:
+            verdict = "consistent" if lo <= 0 <= hi else ("model size faster" if lo > 0 else "epochs faster")
         return {"a_N": ex["a_N"], "a_D": ex["a_D"], "a_N_interval": fitting.interval(s["a_N"], level),
                 "a_D_interval": fitting.interval(s["a_D"], level), "difference": ex["a_N"] - ex["a_D"],
                 "difference_interval": (lo, hi), "level": level, "verdict": verdict}

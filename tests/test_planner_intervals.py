@@ -60,6 +60,7 @@ def test_two_sizes_withhold_intervals_and_warn(two_sizes):
     fit = two_sizes.approach3
     assert "3 distinct model sizes" in fit.withheld and fit.n_sizes == 2
     assert np.isnan(fit.samples["alpha"]).all() and np.isnan(fit.converged_fraction)
+    assert fit.same_rate()["verdict"].startswith("not tested (intervals withheld")
     p = planner.plan(two_sizes, two_sizes.compute_range[1] * 10**2.9, "flops", extrapolate=True)
     assert np.isnan(p["compute_optimal"]["params_interval"]).all() and np.isnan(p["predicted_loss_interval"]).all()
     text = planner.format_plan(p).splitlines()
