@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy.special import stdtrit  # Student t quantile; scipy.stats would import scipy.optimize (planner speed)
 
 KEYS = ["model", "epochs"]
 
@@ -129,7 +129,7 @@ class LrLaw:
         return np.array([self.a, self.s, self.t])
 
     def _quantile(self, level: float | None) -> float:
-        return float(stats.t.ppf(0.5 + (level or self.level) / 2, self.n_cells - 3))
+        return float(stdtrit(self.n_cells - 3, 0.5 + (level or self.level) / 2))
 
     def predict(self, params, epochs) -> np.ndarray:
         return 2.0 ** (self.a + self.s * np.log2(epochs) + self.t * np.log2(params))

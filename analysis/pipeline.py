@@ -38,6 +38,7 @@ class Analysis:
     level: float = DEFAULT_LEVEL
     resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
+    lr_law: lr.LrLaw | None = None  # one pooled lr law over every (model, epochs) optimum
 
     @property
     def warnings(self) -> list[str]:
@@ -67,6 +68,7 @@ class Analysis:
                "laws": {k: v.to_dict() for k, v in self.laws.items()},
                "approach3": self.approach3.to_dict() if self.approach3 else None,
                "lr_trend": self.trend.to_dict(orient="records"),
+               "lr_law": self.lr_law.to_dict() if self.lr_law else None,
                "backtest": self.backtest.to_dict(orient="records")}
         return out
 
@@ -106,6 +108,9 @@ def run_analysis(runs: pd.DataFrame, notes: list[str] | None = None, resamples: 
         notes.append(f"{len(edges)} lr optimum(s) not bracketed by the grid (edge; extend the lr grid): {where}")
     if trend["s"].isna().all():
         notes.append("lr trend: needs >= 2 epoch budgets per model; none has them")
+    res.lr_law, why = lr.fit_lr_law(opt, level=level)
+    if res.lr_law is None:
+        notes.append(f"lr law not fitted: {why}")
     if opt["model"].nunique() < 2:
         notes.append("only one model: the frontier is that model's curve; N_opt cannot be fitted")
     c, l = opt["train_flops"].to_numpy(float), opt["heldout_loss"].to_numpy(float)

@@ -2,8 +2,8 @@
 
 From an Analysis (lr optima, lr trend, Approach 3 fit): N_opt and D_opt at the budget,
 the family member closest to N_opt (and the nearest named preset), its epoch budget
-(the budget spent on that member's OWN FLOPs per example), its peak lr from the lr
-trend, and its predicted held-out loss with a bootstrap interval.
+(the budget spent on that member's OWN FLOPs per example), its peak lr from the pooled lr
+law (with an interval), and its predicted held-out loss with a bootstrap interval.
 
 Speed (< 1 s, issue 6): the planner fits only what it needs (lr optima, Approach 3)
 with PLAN_RESAMPLES bootstrap resamples instead of the report's 1000 (enough for a
@@ -84,7 +84,15 @@ def plan(a: Analysis, budget: float, unit: str, extrapolate: bool = False, utili
     batch = a.batch_size
     loss = float(fit.predict(member["params"], examples))
     loss_s = fit.predict(np.array([member["params"]]), np.array([examples]), samples=True)[:, 0]
-    peak_lr = lr.predict_lr(a.trend, member["params"], epochs) if math.isfinite(epochs) else float("nan")
+    # The pooled lr law when it could be fitted (an interval, and every cell behind it);
+    # else each model's own power law, interpolated in size (no interval).
+    peak_lr, peak_lr_iv, lr_source = float("nan"), (float("nan"), float("nan")), "none"
+    if math.isfinite(epochs) and a.lr_law is not None:
+        peak_lr = float(a.lr_law.predict(member["params"], epochs))
+        peak_lr_iv = tuple(float(v) for v in a.lr_law.band(member["params"], epochs, level))
+        lr_source = "pooled lr law"
+    elif math.isfinite(epochs):
+        peak_lr, lr_source = lr.predict_lr(a.trend, member["params"], epochs), "per-model lr trends"
     every = units.all_units(flops, utilization, dataset_size=size if math.isfinite(size) else None,
                             train_flops_per_example=3.0 * member["flops_per_example"])
     law = a.laws.get("offset") or a.laws.get("power")
@@ -105,7 +113,7 @@ def plan(a: Analysis, budget: float, unit: str, extrapolate: bool = False, utili
         },
         "epochs": epochs, "examples": examples, "dataset_size": size, "batch_size": batch,
         "steps": int(round(examples / batch)) if math.isfinite(batch) else None,
-        "peak_lr": peak_lr,
+        "peak_lr": peak_lr, "peak_lr_interval": peak_lr_iv, "peak_lr_source": lr_source,
         "predicted_loss": loss, "predicted_loss_interval": fitting.interval(loss_s, level), "level": level,
         "frontier_law_loss": float(law.predict([flops])[0]) if law else None,
         "intervals_withheld": fit.withheld or None,
@@ -136,7 +144,8 @@ def format_plan(p: dict) -> str:
              f"epochs: {p['epochs']:.3g} ({p['examples']:.3g} examples of a {p['dataset_size']:.3g}-example dataset); "
              f"steps: {p['steps']} at batch {p['batch_size']:g}" if p["steps"] is not None else
              f"examples: {p['examples']:.3g}",
-             f"peak lr: {p['peak_lr']:.3g}",
+             f"peak lr: {p['peak_lr']:.3g} ({p['level']:.0%} interval {_iv(p['peak_lr_interval'], '.3g')}, "
+             f"{p['peak_lr_source']})",
              f"predicted held-out loss: {p['predicted_loss']:.4g} ({p['level']:.0%} interval "
              f"{_iv(p['predicted_loss_interval'], '.4g')})"]
     if p.get("intervals_withheld"):

@@ -66,32 +66,71 @@ def frontier_figure(a: Analysis, per_unit: float, unit: str):
 
 
 def lr_figure(a: Analysis):
-    """[S23] Fig. 3: optimal learning rate vs epoch budget per model, with power-law fits."""
+    """[S23] Fig. 3: optimal learning rate vs epoch budget (left) and vs model size
+    (right), each cell's optimum with the pooled lr law through it and its band, so the
+    eye sees the trend the law's intervals vouch for (analysis.lr.LrLaw)."""
     opt = a.opt.dropna(subset=["epochs"])
     if opt.empty:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    law = a.lr_law
+    fig, (ax, ax_n) = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
     models = _model_order(opt)
     colors = _colors(models)
+    budgets = sorted(opt["epochs"].unique())
+    bcolors = dict(zip(budgets, plt.get_cmap("plasma")(np.linspace(0, 0.85, len(budgets)))))
+    # Marker area: the cell's weight in the law (curvature^2, normalised); flat cells are small.
+    curv = opt["curvature"].to_numpy(float) if "curvature" in opt else np.full(len(opt), np.nan)
+    wt = np.where(np.isfinite(curv) & (curv > 0), curv, 0) ** 2
+    area = 12 + 60 * wt / wt.max() if wt.max() > 0 else np.full(len(opt), 30.0)
+    inside = (opt["edge"] == "").to_numpy()
     for m in models:
-        g = opt[opt["model"] == m].sort_values("epochs")
-        inside = g["edge"] == ""
-        ax.plot(g["epochs"][inside], g["lr_opt"][inside], "o", color=colors[m], ms=5)
-        ax.plot(g["epochs"][~inside], g["lr_opt"][~inside], "o", mfc="none", mec=colors[m], ms=7)
-        t = a.trend[a.trend["model"] == m]
-        label = m
-        if len(t) and np.isfinite(t["s"].iloc[0]):
-            e = np.geomspace(g["epochs"].min(), g["epochs"].max(), 50)
-            ax.plot(e, t["c"].iloc[0] * e ** t["s"].iloc[0], "-", color=colors[m], lw=1)
-            label = f"{m}: lr = {t['c'].iloc[0]:.2g} E^{t['s'].iloc[0]:+.2f}"
-        ax.plot([], [], "o-", color=colors[m], label=label)
-    ax.plot([], [], "o", mfc="none", mec="gray", label="optimum at grid edge")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log", base=2)
-    ax.set_xlabel("epoch budget [epochs]")
+        sel = (opt["model"] == m).to_numpy()
+        g = opt[sel]
+        ax.scatter(g["epochs"][inside[sel]], g["lr_opt"][inside[sel]], s=area[sel][inside[sel]], color=colors[m],
+                   zorder=3)
+        ax.scatter(g["epochs"][~inside[sel]], g["lr_opt"][~inside[sel]], s=40, facecolors="none",
+                   edgecolors=colors[m], zorder=3)
+        e = np.geomspace(g["epochs"].min(), g["epochs"].max(), 50)
+        n = float(g["params"].iloc[0])
+        if law is not None:
+            lo, hi = law.band(n, e)
+            ax.fill_between(e, lo, hi, color=colors[m], alpha=0.08, lw=0)
+            ax.plot(e, law.predict(n, e), "-", color=colors[m], lw=1.2)
+        else:
+            t = a.trend[a.trend["model"] == m]
+            if len(t) and np.isfinite(t["s"].iloc[0]):
+                ax.plot(e, t["c"].iloc[0] * e ** t["s"].iloc[0], "-", color=colors[m], lw=1)
+        ax.plot([], [], "o-", color=colors[m], label=f"{m} ({n:.3g} params)")
+    sizes = np.geomspace(opt["params"].min(), opt["params"].max(), 50)
+    for b in budgets:
+        sel = (opt["epochs"] == b).to_numpy() & inside
+        ax_n.scatter(opt["params"][sel], opt["lr_opt"][sel], s=area[sel], color=bcolors[b], zorder=3)
+        if law is not None:
+            lo, hi = law.band(sizes, b)
+            ax_n.fill_between(sizes, lo, hi, color=bcolors[b], alpha=0.08, lw=0)
+            ax_n.plot(sizes, law.predict(sizes, b), "-", color=bcolors[b], lw=1.2)
+        ax_n.plot([], [], "o-", color=bcolors[b], label=f"{b:g} epochs")
+    ax.plot([], [], "o", mfc="none", mec="gray", label="optimum at grid edge (not fitted)")
+    for axis, xlabel in ((ax, "epoch budget [epochs]"), (ax_n, "parameters")):
+        axis.set_xscale("log", base=2 if axis is ax else 10)
+        axis.set_yscale("log", base=2)
+        axis.set_xlabel(xlabel)
+        axis.grid(alpha=0.3, which="both")
+        axis.legend(fontsize=7)
+    ax_n.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_ylabel("optimal peak learning rate (log2 scale)")
-    ax.set_title("Optimal learning rate vs epoch budget")
-    ax.legend(fontsize=7)
+    ax.set_title("vs epoch budget", fontsize=10)
+    ax_n.set_title("vs model size", fontsize=10)
+    if law is not None:
+        ci = law.intervals()
+        verdict = {k: "resolved" if law.resolved(k) else "NOT resolved" for k in "st"}
+        fig.suptitle(f"Optimal learning rate: lr = {2 ** law.a:.3g} E^{law.s:+.2f} N^{law.t:+.2f}  "
+                     f"({law.level:.0%}: s in [{ci['s'][0]:+.2f}, {ci['s'][1]:+.2f}] {verdict['s']}, "
+                     f"t in [{ci['t'][0]:+.2f}, {ci['t'][1]:+.2f}] {verdict['t']}; bands: the law's "
+                     f"{law.level:.0%} interval; marker area: weight)", fontsize=8.5)
+    else:
+        fig.suptitle("Optimal learning rate (per-model power laws; the pooled law could not be fitted)",
+                     fontsize=9)
     fig.tight_layout()
     return fig
 

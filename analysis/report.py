@@ -26,6 +26,21 @@ def _fmt_interval(iv) -> str:
     return f"[{iv[0]:.4g}, {iv[1]:.4g}]" if np.isfinite(iv).all() else "withheld (see notes)"
 
 
+def lr_law_table(a: Analysis) -> pd.DataFrame:
+    """The pooled lr law's parameters, their intervals and whether each slope is resolved."""
+    law = a.lr_law
+    if law is None:
+        return pd.DataFrame()
+    ci = law.intervals()
+    meaning = {"a": "log2 lr at E = 1 epoch, N = 1 parameter", "s": "slope per doubling of the epoch budget",
+               "t": "slope per doubling of the parameter count"}
+    return pd.DataFrame([{"parameter": k, "meaning": meaning[k], "estimate": getattr(law, k),
+                          f"{law.level:.0%} interval": _fmt_interval(ci[k]),
+                          "resolved (interval excludes 0)": "" if k == "a" else law.resolved(k),
+                          "cells": law.n_cells, "edge cells left out": law.n_edge,
+                          "scatter (x per cell)": 2**law.scatter} for k in "ast"])
+
+
 def law_table(a: Analysis) -> pd.DataFrame:
     rows = []
     for form, law in a.laws.items():
@@ -118,10 +133,13 @@ def write_report(a: Analysis, out: Path, unit: str = "flops") -> Path:
              "at them (frontier laws: at the held-out frontier points; approach3: at every held-out run)",
              a.backtest)])
     trend = a.trend.rename(columns={"c": "c (lr = c E^s)", "s": "s"})
-    figure(plots.lr_figure(a), "optimal_lr", "Optimal learning rate vs epoch budget ([S23] Fig. 3)",
-           [("Power law per model", trend),
-            ("Optimum per (model, epoch budget)", a.opt[["model", "epochs", "lr_opt", "lr_best", "edge", "n_lrs",
-                                                         "n_trials", "heldout_loss", "params", "train_flops"]])])
+    figure(plots.lr_figure(a), "optimal_lr", "Optimal learning rate vs epoch budget and model size ([S23] Fig. 3)",
+           [("Pooled lr law (weighted least squares over every interior optimum; t-intervals)", lr_law_table(a)),
+            ("Power law per model (each through its own 2-3 optima: scatter, not a trend, unless the pooled "
+             "law resolves it)", trend),
+            ("Optimum per (model, epoch budget); curvature of the loss in log2(lr) weighs the cell in the law",
+             a.opt[[c for c in ("model", "epochs", "lr_opt", "lr_best", "edge", "curvature", "n_lrs", "n_trials",
+                                "heldout_loss", "params", "train_flops") if c in a.opt]])])
     params, extra = approach3_tables(a)
     figure(plots.optimal_figure(a, per_unit, label), "optimal_size", "Compute-optimal model size and epochs "
            "(Approach 3 [H22] with ConvNet FLOPs)", [("L(N, D) = E + A/N^alpha + B/D^beta", params),

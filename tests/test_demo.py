@@ -71,11 +71,11 @@ def law_trainer(config: dict, workdir: Path, *, on_metrics=None, on_heartbeat=No
     hold = os.environ.get("DEMO_TEST_HOLD")
     while step < steps:
         step += 1
-        if on_heartbeat:
-            on_heartbeat()
         if on_metrics:
             on_metrics({"step": step, "examples_seen": step * config["batch_size"], "train_loss": 2.0,
                         "lr": config["lr"], "wall_time": step * 0.01})
+        if on_heartbeat:  # the trainer contract: a heartbeat right before each checkpoint save
+            on_heartbeat()
         state.write_text(json.dumps({"step": step}))  # the "checkpoint"
         while hold and Path(hold).exists() and (config["epochs"], config["lr"]) == HELD:
             time.sleep(0.05)

@@ -49,6 +49,7 @@ class DemoResult:
     plan: dict | None  # the planner's answer (None when no law could be fitted)
     plan_error: str | None = None
     law: dict = field(default_factory=dict)  # the frontier law L = k C^-b (estimate + interval)
+    lr_law: str = ""  # the pooled learning-rate law, in words (analysis.lr.LrLaw.describe)
 
 
 def _finished(counts: dict) -> int:
@@ -135,7 +136,8 @@ def _analyse(sweep, store_url: str, out: Path, resamples: int) -> dict:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             plan = planner.plan(analysis, budget, "flops", extrapolate=True)
     return {"report": report, "figures": figures, "notes": analysis.notes, "plan": plan,
-            "plan_error": error, "law": law}
+            "plan_error": error, "law": law,
+            "lr_law": analysis.lr_law.describe() if analysis.lr_law else ""}
 
 
 def summary_lines(r: DemoResult) -> list[str]:
@@ -147,6 +149,8 @@ def summary_lines(r: DemoResult) -> list[str]:
         lo, hi = r.law["b_interval"]
         lines.append(f"frontier law: L = {r.law['k']:.3g} x C^-{r.law['b']:.3g} "
                      f"(b in [{lo:.3g}, {hi:.3g}], R^2 {r.law['r2']:.3f}; C in training FLOPs)")
+    if r.lr_law:
+        lines.append(f"learning-rate law: {r.lr_law}")
     if r.plan is None:
         lines.append(f"planner: no answer ({r.plan_error})")
         return lines
@@ -186,7 +190,7 @@ def register(app: typer.Typer) -> None:
             from analysis.pipeline import jsonable
 
             d = {k: getattr(r, k) for k in ("sweep", "store", "trials", "trained", "train_wall_seconds", "counts",
-                                            "notes", "plan", "plan_error", "law")}
+                                            "notes", "plan", "plan_error", "law", "lr_law")}
             d.update(report=str(r.report), figures=[str(p) for p in r.figures])
             typer.echo(json.dumps(jsonable(d), allow_nan=False, indent=1))
         else:
