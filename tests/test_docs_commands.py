@@ -63,10 +63,14 @@ def pod_command(command: str, *, store: str, results_dir: Path) -> str:
     return command
 
 
-@pytest.mark.slow  # ~40-60 s on 2 loaded cores, nearly all in docs/pods.md: two workers
-# start at once (jax import + the smoke shape from the shared compile cache) and train
-# 3 tiny trials; the other pages only plan, count and convert (seconds each).
-@pytest.mark.parametrize("page", PAGES)
+# Measured with a warm compile cache, 2 cores at load ~3: pods.md 24-31 s (two workers
+# start at once: jax import + the smoke shape from the cache; 3 tiny trials; two
+# analyses), training.md 13-21 s (two tiny runs), every other page under 5 s. The
+# first run in a scratch slot compiles the smoke shape (+40-110 s, see cli_examples).
+SLOW = {"pods.md": (pytest.mark.slow, pytest.mark.postgres), "training.md": (pytest.mark.slow,)}
+
+
+@pytest.mark.parametrize("page", [pytest.param(p, marks=SLOW.get(p, ())) for p in PAGES])
 def test_doc_commands_run_as_shown(page, request):
     with scratch_dir() as cwd:
         _run_page(page, cwd, request)
