@@ -111,7 +111,13 @@ def lr_figure(a: Analysis):
             ax_n.plot(sizes, law.predict(sizes, b), "-", color=bcolors[b], lw=1.2)
         ax_n.plot([], [], "o-", color=bcolors[b], label=f"{b:g} epochs")
     ax.plot([], [], "o", mfc="none", mec="gray", label="optimum at grid edge (not fitted)")
+    if not inside.any():  # every optimum on the grid's edge: nothing for the size panel
+        ax_n.text(0.5, 0.5, "no interior optimum\n(extend the lr grid)", ha="center", va="center",
+                  transform=ax_n.transAxes)
     for axis, xlabel in ((ax, "epoch budget [epochs]"), (ax_n, "parameters")):
+        if axis is ax_n and not inside.any():
+            axis.set_xlabel(xlabel)
+            continue
         axis.set_xscale("log", base=2 if axis is ax else 10)
         axis.set_yscale("log", base=2)
         axis.set_xlabel(xlabel)

@@ -59,3 +59,18 @@ def test_flat_cells_weigh_little():
     weighted, _ = fit_lr_law(cells)
     equal, _ = fit_lr_law(cells.drop(columns="curvature"))
     assert abs(weighted.s + 0.3) < 0.01 and abs(equal.s + 0.3) > 0.1
+
+
+def test_lr_figure_draws_when_every_optimum_is_on_the_edge():
+    """A one-model sweep with a 2-point lr grid (docs/pods.md's smoke recipe): no interior
+    optimum, no pooled law; the figure must still draw (it crashed on an empty log axis)."""
+    from analysis import load, plots, synthetic
+    from analysis.pipeline import run_analysis
+
+    runs, notes = load.clean(synthetic.make_runs(models=("F0",), epochs=(0.25, 1), lr_grid=[0.5, 1.0]))
+    a = run_analysis(runs, notes, resamples=20, backtest=False, approach3=False)
+    assert (a.opt["edge"] != "").all() and a.lr_law is None
+    assert any("lr law not fitted" in n for n in a.notes)
+    fig = plots.lr_figure(a)
+    fig.canvas.draw()  # layout and log axes are resolved here
+    plots.plt.close(fig)
