@@ -39,12 +39,44 @@ def infer_num_classes(runs: pd.DataFrame, resolution: int) -> int:
     return max(1, int(round((row["params"] - p1) / (p2 - p1))) + 1)
 
 
-def candidates(runs: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
-    """Family members to recommend from: (table, resolution, num_classes)."""
-    from scaling.models.config import PRESETS, family_config, get_config, model_name
+def infer_resolution(runs: pd.DataFrame) -> int | None:
+    """The train resolution of the runs: their `resolution` column, else the one at which
+    an observed family member's analytic FLOPs equal its recorded FLOPs per example
+    (imported runs made elsewhere may lack the column; guessing 224 px for 16 px runs
+    would size the recommendation 200x off). None when neither is known."""
+    from scaling.models.config import family_config
 
     res = runs["resolution"].dropna() if "resolution" in runs else pd.Series(dtype=float)
-    resolution = int(res.median()) if len(res) else DEFAULT_RESOLUTION
+    if len(res):
+        return int(res.median())
+    cols = ["depth_mult", "width_mult", "params", "flops_per_example"]
+    known = runs.dropna(subset=cols) if set(cols) <= set(runs.columns) else pd.DataFrame()
+    if known.empty:
+        return None
+    row = known.iloc[0]
+    try:
+        cfg = family_config(row["depth_mult"], row["width_mult"], num_classes=infer_num_classes(runs, 64))
+        ref = _count(cfg, DEFAULT_RESOLUTION)[1]
+    except Exception:  # noqa: BLE001 - not a family member: nothing to match against
+        return None
+    # FLOPs grow ~ resolution^2; check the integers around that estimate exactly.
+    guess = int(round(DEFAULT_RESOLUTION * np.sqrt(row["flops_per_example"] / ref)))
+    err = {r: abs(np.log(_count(cfg, r)[1] / row["flops_per_example"])) for r in range(max(8, guess - 8), guess + 9)}
+    low = min(err.values())
+    if low > 0.02:
+        return None
+    # Strided convs make neighbours tie (15 and 16 px give the same maps after the stem's
+    # stride 2) and published FLOPs are rounded (Table 3: 4 digits): among sizes within
+    # 0.5% of the best, prefer the most even one, as image sizes are (16, 32, 224, 256 ...).
+    return max((r for r, e in err.items() if e <= low + 0.005), key=lambda r: (r & -r, r))
+
+
+def candidates(runs: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
+    """Family members to recommend from: (table, resolution, num_classes); the
+    resolution falls back to DEFAULT_RESOLUTION when `infer_resolution` cannot tell."""
+    from scaling.models.config import PRESETS, family_config, get_config, model_name
+
+    resolution = infer_resolution(runs) or DEFAULT_RESOLUTION
     num_classes = infer_num_classes(runs, resolution)
     widths = sorted(set(runs["width_mult"].dropna().astype(float))) or [1.0]
     rows = []

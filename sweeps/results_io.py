@@ -2,7 +2,9 @@
 
 Import takes one run per row (DESIGN.md, Results store): required columns model,
 params, examples_seen, lr, heldout_loss, train_flops; optional epochs, depth_mult,
-width_mult, batch_size, dataset, sweep, status, device_seconds, hardware. FLOPs are
+width_mult, batch_size, dataset, sweep, status, device_seconds, hardware,
+flops_per_example, resolution, eval_resolution, seed, heldout_accuracy (so an export
+imports back whole: the planner needs the resolution to size its recommendation). FLOPs are
 real FLOPs (2 per MAC, forward + backward). A bad file changes nothing: every row is
 checked before the first insert.
 """
@@ -17,10 +19,10 @@ from sweeps.store import Store, utcnow
 
 REQUIRED = ("model", "params", "examples_seen", "lr", "heldout_loss", "train_flops")
 OPTIONAL = ("epochs", "depth_mult", "width_mult", "batch_size", "dataset", "sweep", "status",
-            "device_seconds", "hardware")
-# Export adds these (the import ignores them if present).
-EXPORT_EXTRA = ("trial_id", "heldout_accuracy", "flops_per_example", "resolution", "eval_resolution",
-                "seed", "reason", "num_devices", "attempts", "error", "diverged_step", "compile_seconds")
+            "device_seconds", "hardware", "flops_per_example", "resolution", "eval_resolution", "seed",
+            "heldout_accuracy")
+# Export adds these (the import ignores them if present: they describe one store's bookkeeping).
+EXPORT_EXTRA = ("trial_id", "reason", "num_devices", "attempts", "error", "diverged_step", "compile_seconds")
 # Columns whose name says the unit is not what the store keeps: the fix to suggest.
 WRONG_UNIT_NAMES = {"train_gflops": "train_flops (real FLOPs, not GFLOPs)",
                     "train_macs": "train_flops (2 FLOPs per MAC)",
@@ -93,8 +95,17 @@ def rows_from_frame(df, *, default_sweep: str) -> list[dict]:
         for c in ("epochs", "depth_mult", "width_mult"):
             if c in r:
                 out[c] = _num(r[c], c, i)
-        if "batch_size" in r:
-            out["batch_size"] = _num(r["batch_size"], "batch_size", i, integer=True)
+        for c in ("batch_size", "resolution", "eval_resolution"):
+            if c in r:
+                out[c] = _num(r[c], c, i, integer=True)
+        if "seed" in r:  # part of the trial id: two seeds of one config are two runs
+            out["seed"] = _num(r["seed"], "seed", i, integer=True, allow_zero=True)
+        if "flops_per_example" in r:
+            out["flops_per_example"] = _num(r["flops_per_example"], "flops_per_example", i)
+        if "heldout_accuracy" in r:
+            out["heldout_accuracy"] = _num(r["heldout_accuracy"], "heldout_accuracy", i, allow_zero=True)
+            if out["heldout_accuracy"] > 1:
+                raise BadInput(f"heldout_accuracy: row {i} is {out['heldout_accuracy']:g}; give a fraction in [0, 1]")
         if "device_seconds" in r:
             out["device_seconds"] = _num(r["device_seconds"], "device_seconds", i, allow_zero=True)
         if "hardware" in r:

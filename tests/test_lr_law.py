@@ -74,3 +74,4 @@ def test_lr_figure_draws_when_every_optimum_is_on_the_edge():
     fig = plots.lr_figure(a)
     fig.canvas.draw()  # layout and log axes are resolved here
     plots.plt.close(fig)
+

@@ -90,3 +90,25 @@ def test_missing_required_column_names_it(tmp_path):
     with pytest.raises(BadInput, match=r"^examples_seen: required column missing \(need model, params"):
         import_file(store, write(tmp_path, [row]))
     assert store.rows() == []
+
+
+def test_export_imports_back_whole_with_resolution_and_seeds(store_url, tmp_path):
+    """An export from one store imports into another with what the planner needs (the
+    resolution, FLOPs per example) and keeps two seeds of one config as two runs (the
+    import used to drop `seed`, so they hashed to one trial id and the second was lost)."""
+    src = Store(store_url, results_dir=tmp_path / "a")
+    base = dict(GOOD, resolution=16, eval_resolution=16, flops_per_example=329088.0, heldout_accuracy=0.41)
+    rows = [dict(base, seed=0), dict(base, seed=1, heldout_loss=2.45)]
+    assert import_file(src, write(tmp_path, rows), sweep="mine") == (2, 2)
+    out = tmp_path / "out.csv"
+    export_file(src, out)
+    dst = Store(f"sqlite:///{tmp_path / 'b.db'}", results_dir=tmp_path / "b")
+    assert import_file(dst, out) == (2, 2)
+    back = pd.read_csv(export_file(dst, tmp_path / "back.csv") and tmp_path / "back.csv")
+    assert sorted(back["seed"]) == [0, 1]
+    assert set(back["resolution"]) == {16} and set(back["eval_resolution"]) == {16}
+    assert set(back["flops_per_example"]) == {329088.0} and set(back["heldout_accuracy"]) == {0.41}
+    with pytest.raises(BadInput, match="heldout_accuracy"):
+        import_file(dst, write(tmp_path, [dict(base, heldout_accuracy=41)], "bad.csv"))
+    src.dispose()
+    dst.dispose()
