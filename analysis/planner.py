@@ -82,6 +82,9 @@ def plan(a: Analysis, budget: float, unit: str, extrapolate: bool = False, utili
         examples = flops / (3.0 * member["flops_per_example"])  # train = 3 x forward (DESIGN.md)
     epochs = examples / size if math.isfinite(size) else float("nan")
     batch = a.batch_size
+    if math.isfinite(batch) and examples < batch:
+        raise BadInput(f"--budget: {budget:g} {parsed.name} buys {examples:.3g} examples of {member['name']}, "
+                       f"less than one batch of {batch:g}; raise the budget")
     loss = float(fit.predict(member["params"], examples))
     loss_s = fit.predict(np.array([member["params"]]), np.array([examples]), samples=True)[:, 0]
     # The pooled lr law when it could be fitted (an interval, and every cell behind it);

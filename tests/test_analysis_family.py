@@ -1,4 +1,4 @@
-"""analysis.family: what the planner recommends from."""
+"""analysis.family and the planner's sizing: what it recommends, at which resolution."""
 import pandas as pd
 
 
@@ -20,3 +20,16 @@ def test_planner_resolution_is_inferred_from_flops_when_the_column_is_missing():
     assert family.candidates(runs)[1:] == (16, 10)
     assert family.infer_resolution(runs.assign(resolution=32.0)) == 32  # the column wins
     assert family.infer_resolution(runs.drop(columns="flops_per_example")) is None
+
+
+def test_plan_refuses_a_budget_below_one_batch():
+    import pytest
+
+    from analysis import load, planner, synthetic
+    from analysis.pipeline import run_analysis
+    from scaling.errors import BadInput
+
+    runs, notes = load.clean(synthetic.make_runs(models=("F0", "F1", "F3", "F5"), epochs=(0.25, 1, 4)))
+    a = run_analysis(runs, notes, resamples=20, laws=False, backtest=False, polish=False)
+    with pytest.raises(BadInput, match="less than one batch"):
+        planner.plan(a, 1e12, "flops", extrapolate=True)
