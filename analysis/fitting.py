@@ -248,6 +248,18 @@ def r_squared(y: np.ndarray, pred: np.ndarray) -> float:
     return float("nan") if ss_tot == 0 else 1.0 - float(np.sum((y - pred) ** 2)) / ss_tot
 
 
+# An irreducible loss E below this many nats is at its bound 0 (E = exp(e), e -> -inf):
+# far below any held-out loss difference a run can measure.
+FLOOR_AT_BOUND = 1e-6
+
+
+def floor_at_bound(params: dict) -> bool:
+    """True when the fitted E sits at its bound 0: the runs show no floor yet, so E is not
+    identified, and a bootstrap around the bound (every refit lands there too) would
+    print a falsely tight interval for it."""
+    return "E" in params and params["E"] < FLOOR_AT_BOUND
+
+
 def interval(samples: np.ndarray, level: float) -> tuple[float, float]:
     """Percentile bootstrap interval, ignoring resamples that produced non-finite values."""
     s = samples[np.isfinite(samples)]

@@ -105,8 +105,12 @@ class LawFit:
         return lo, hi
 
     def intervals(self, level: float | None = None) -> dict[str, tuple[float, float]]:
+        """Per parameter; E's is withheld (NaN) when E sits at its bound 0."""
         level = self.level if level is None else level
-        return {k: fitting.interval(v, level) for k, v in self.samples.items()}
+        out = {k: fitting.interval(v, level) for k, v in self.samples.items()}
+        if fitting.floor_at_bound(self.params):
+            out["E"] = (float("nan"), float("nan"))
+        return out
 
     def to_dict(self, level: float | None = None) -> dict:
         return {"form": self.form, "params": self.params, "intervals": self.intervals(level),

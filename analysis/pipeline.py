@@ -142,6 +142,12 @@ def run_analysis(runs: pd.DataFrame, notes: list[str] | None = None, resamples: 
             res.isoflop = chinchilla.isoflop_profiles(opt, res.approach3)
         except _FIT_ERRORS as err:
             notes.append(f"IsoFLOP profiles not computed: {err}")
+    fits = {**{f"frontier law '{k}'": v for k, v in res.laws.items()}, "Approach 3": res.approach3}
+    at_bound = [name for name, fit in fits.items() if fit is not None and fitting.floor_at_bound(fit.params)]
+    if at_bound:
+        notes.append(f"{' and '.join(at_bound)}: the irreducible loss E was fitted at its bound 0 (the runs show "
+                     f"no floor yet), so E is not identified and its interval is withheld; the other "
+                     f"parameters' intervals stand")
     warning = few_points_warning(opt, res.approach3, res.laws)
     if warning:
         notes.insert(0, warning)
