@@ -128,6 +128,61 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"  {f['status']:8s} {f['model']} epochs={f['epochs']} lr={f['lr']:g} "
                            f"(attempts {f['attempts']}): {f['reason']}")
 
+    @sweep.command("retry")
+    def retry_cmd(
+        store: str = typer.Option(DEFAULT_URL, help=STORE_HELP),
+        sweep_name: Optional[str] = typer.Option(None, "--sweep", help="one sweep only (default: every sweep)"),
+        status: Optional[list[str]] = typer.Option(
+            None, "--status", help="failed (default) or diverged; repeat for both. Diverged only when named"),
+        trial: Optional[list[str]] = typer.Option(None, "--trial", help="only trials whose id starts with this; repeatable"),
+        results_dir: Optional[str] = typer.Option(
+            None, help="where the workers keep checkpoints (as for `sweep run`/`sweep work`; default: next to "
+                       "a SQLite store, else results/)"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="list what would be re-queued; change nothing"),
+        as_json: bool = typer.Option(False, "--json", help="machine-readable summary"),
+    ) -> None:
+        """Re-queue failed trials: back to pending with their attempts reset; the next worker
+        resumes each from its last checkpoint.
+
+        For trials that failed for a passing reason (a node's OOM, a filesystem blip,
+        pre-emptions that used up --max-attempts). Start workers afterwards (`sweep work`
+        or `sweep run`). Diverged trials are a result, not an error: the same code and
+        config diverge again at the same step, so re-queue them (--status diverged, never
+        by default) only after changing the code, e.g. a fix; their stored result.json is
+        moved aside so the trainer runs again. A new learning rate or recipe is a new
+        trial: change the spec and `sweep run` it instead.
+        """
+        from sweeps.store import Store
+
+        statuses = tuple(status) if status else ("failed",)
+        st = Store(store, create=False, results_dir=results_dir)
+        ids = st.retry(sweep_name, statuses, trial, dry_run=True)  # validates; changes nothing
+        moved, missing = 0, 0
+        if not dry_run and ids:
+            diverged = [r for r in st.rows(sweep_name, where=_ids_with_status(ids, "diverged"))]
+            for r in diverged:  # before the commit: a worker must not find the old result
+                found = _move_result_aside(st.trial_workdir(r["trial_id"], r["sweep"]))
+                moved, missing = moved + found, missing + (not found)
+            ids = st.retry(sweep_name, statuses, trial)
+        short = [i[:12] for i in ids]
+        if as_json:
+            typer.echo(json.dumps({"requeued": 0 if dry_run else len(ids), "would_requeue": len(ids) if dry_run else 0,
+                                   "dry_run": dry_run, "statuses": list(statuses), "trial_ids": ids,
+                                   "diverged_results_moved": moved, "diverged_results_not_found": missing}))
+            return
+        shown = ", ".join(short[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        what = "/".join(statuses)
+        if not ids:
+            typer.echo(f"nothing to re-queue: no {what} trials" + (f" in sweep {sweep_name}" if sweep_name else ""))
+        elif dry_run:
+            typer.echo(f"would re-queue {len(ids)} {what} trials: {shown} (dry run: nothing changed)")
+        else:
+            typer.echo(f"re-queued {len(ids)} {what} trials: {shown}; start workers (`scaling sweep work`) to run them")
+        if missing:
+            typer.echo(f"warning: {missing} diverged trials have no result.json under {st.results_dir}/trials; if "
+                       "their workers keep checkpoints elsewhere, pass that --results-dir (or move result.json "
+                       "aside there), or the worker returns the stored diverged result", err=True)
+
     @results.command("import")
     def import_cmd(
         file: str = typer.Argument(..., help="CSV or Parquet, one run per row"),
@@ -162,6 +217,26 @@ def _failed_or_diverged():
     from sweeps.schema import trials
 
     return trials.c.status.in_(("failed", "diverged"))
+
+
+def _ids_with_status(ids: list[str], status: str):
+    from sweeps.schema import trials
+
+    return trials.c.trial_id.in_(ids) & (trials.c.status == status)
+
+
+def _move_result_aside(workdir) -> bool:
+    """A finished run's result.json makes `run_training` return it unchanged; renamed
+    (kept, with the checkpoints) the re-queued trial trains again from its last
+    checkpoint. False if the workdir has none here."""
+    from datetime import datetime, timezone
+
+    result = workdir / "result.json"
+    if not result.exists():
+        return False
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    result.rename(workdir / f"result.diverged-{stamp}.json")
+    return True
 
 
 def _plan(spec_path: str, unit: Optional[str], as_json: bool) -> None:

@@ -30,6 +30,7 @@ from sweeps.schema import SCHEMA_VERSION, metadata, metrics, schema_info, sweeps
 
 DEFAULT_URL = "sqlite:///results/runs.db"
 TERMINAL = ("done", "failed", "diverged")
+RETRYABLE = ("failed", "diverged")  # what `Store.retry` puts back in the queue
 # Result fields a worker may write on completion (the rest of the row is the queue's).
 RESULT_FIELDS = ("heldout_loss", "heldout_accuracy", "params", "flops_per_example", "train_flops",
                  "device_seconds", "hardware", "num_devices", "examples_seen", "compile_seconds",
@@ -345,6 +346,75 @@ class Store:
             return conn.execute(trials.update().where(self._held(claim)).values(
                 status="pending", worker=None, lease_expires_at=None, attempts=claim.attempt - 1,
                 updated_at=utcnow())).rowcount == 1
+
+    def retry(self, sweep: str | None = None, statuses: Iterable[str] = ("failed",),
+              trial_ids: list[str] | None = None, *, dry_run: bool = False) -> list[str]:
+        """Put failed (or diverged) trials back in the queue; returns their ids, sorted.
+
+        One transaction: select (rows locked on PostgreSQL), then `pending` with
+        `attempts` 0, so the trial gets a fresh `max_attempts` budget (kept, the old
+        count would fail it on its next error; the schema has no history column and the
+        (worker, attempts) lease token stays unique because worker names are). Worker,
+        lease and heartbeat are cleared, `error` is kept (a diverged trial gets "diverged
+        at step N" there), result fields are cleared (a pending trial has none), metrics
+        and checkpoints are kept: the next claim resumes from the last checkpoint and the
+        store ignores repeated steps. A diverged trial's metrics rows from its non-finite
+        step on are deleted, or they would shadow the resumed run's rows.
+        `trial_ids` are id prefixes; each must match a trial of `statuses` (and `sweep`).
+        Bad input raises BadInput before anything is written; `dry_run` writes nothing.
+        """
+        statuses = tuple(dict.fromkeys(statuses))
+        for st in statuses or ("",):
+            if st not in RETRYABLE:
+                raise BadInput(f"status: {st!r} cannot be retried; use {' or '.join(RETRYABLE)} "
+                               "(pending/running trials are queued already, done ones are results)")
+        prefixes = [p.strip().lower() for p in trial_ids or []]
+        if any(not p for p in prefixes):
+            raise BadInput("trial: an empty trial id prefix; pass the first characters of an id "
+                           "(`scaling sweep status --json` lists them)")
+        in_sweep = (lambda q: q.where(trials.c.sweep == sweep)) if sweep is not None else (lambda q: q)
+        now = utcnow()
+        with self._begin() as conn:
+            if conn.execute(in_sweep(sa.select(sa.func.count()).select_from(trials))).scalar_one() == 0:
+                if sweep is None:
+                    raise BadInput(f"store: {safe_url(self.url)} holds no trials; check --store")
+                known = ", ".join(sorted(conn.execute(sa.select(trials.c.sweep).distinct()).scalars())[:10])
+                raise BadInput(f"sweep: no sweep named {sweep!r} in the store; known: {known or 'none'}")
+            for p in prefixes:
+                found = conn.execute(in_sweep(sa.select(trials.c.status).where(
+                    trials.c.trial_id.startswith(p, autoescape=True)))).scalars().all()
+                where = f" in sweep {sweep!r}" if sweep is not None else ""
+                if not found:
+                    raise BadInput(f"trial: no trial id starts with {p!r}{where}; "
+                                   "`scaling sweep status --json` lists the failed ones")
+                if not set(found) & set(statuses):
+                    have = ", ".join(sorted(set(found)))
+                    raise BadInput(f"trial: {p!r} matches {len(found)} trial(s){where}, none of them "
+                                   f"{'/'.join(statuses)} (they are {have}); only those statuses are re-queued "
+                                   "(--status diverged for diverged trials)")
+            query = in_sweep(sa.select(trials.c.trial_id, trials.c.status, trials.c.diverged_step)
+                             .where(trials.c.status.in_(statuses)))
+            if prefixes:
+                query = query.where(sa.or_(*[trials.c.trial_id.startswith(p, autoescape=True) for p in prefixes]))
+            rows = conn.execute(query.order_by(trials.c.trial_id).with_for_update()).all()
+            if dry_run or not rows:
+                return [r.trial_id for r in rows]
+            cleared = {k: None for k in RESULT_FIELDS if k not in ("params", "flops_per_example")}
+            requeue = dict(status="pending", attempts=0, worker=None, heartbeat_at=None, lease_expires_at=None,
+                           updated_at=now, **cleared)
+            ids = [r.trial_id for r in rows]
+            for i in range(0, len(ids), 500):
+                conn.execute(trials.update().where(trials.c.trial_id.in_(ids[i:i + 500]),
+                                                   trials.c.status.in_(statuses)).values(**requeue))
+            for r in rows:
+                if r.status != "diverged":
+                    continue
+                conn.execute(trials.update().where(trials.c.trial_id == r.trial_id).values(
+                    error=f"diverged at step {r.diverged_step} (re-queued by `scaling sweep retry`)"))
+                if r.diverged_step is not None:
+                    conn.execute(metrics.delete().where(metrics.c.trial_id == r.trial_id,
+                                                        metrics.c.step >= r.diverged_step))
+        return ids
 
     # -- reading
 
