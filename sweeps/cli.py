@@ -159,8 +159,8 @@ def register(app: typer.Typer) -> None:
         ids = st.retry(sweep_name, statuses, trial, dry_run=True)  # validates; changes nothing
         moved, missing = 0, 0
         if not dry_run and ids:
-            diverged = [r for r in st.rows(sweep_name, where=_ids_with_status(ids, "diverged"))]
-            for r in diverged:  # before the commit: a worker must not find the old result
+            for r in st.rows(sweep_name, where=_ids_with_status(ids, "diverged")):
+                # before the re-queue commits: a worker must not find the old result
                 found = _move_result_aside(st.trial_workdir(r["trial_id"], r["sweep"]))
                 moved, missing = moved + found, missing + (not found)
             ids = st.retry(sweep_name, statuses, trial)
