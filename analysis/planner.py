@@ -147,8 +147,9 @@ def format_plan(p: dict) -> str:
              f"epochs: {p['epochs']:.3g} ({p['examples']:.3g} examples of a {p['dataset_size']:.3g}-example dataset); "
              f"steps: {p['steps']} at batch {p['batch_size']:g}" if p["steps"] is not None else
              f"examples: {p['examples']:.3g}",
-             f"peak lr: {p['peak_lr']:.3g} ({p['level']:.0%} interval {_iv(p['peak_lr_interval'], '.3g')}, "
-             f"{p['peak_lr_source']})",
+             f"peak lr: {p['peak_lr']:.3g} (" + (f"{p['level']:.0%} interval {_iv(p['peak_lr_interval'], '.3g')}, "
+                                                 if p["peak_lr_source"] == "pooled lr law" else "no interval, ")
+             + f"{p['peak_lr_source']})",
              f"predicted held-out loss: {p['predicted_loss']:.4g} ({p['level']:.0%} interval "
              f"{_iv(p['predicted_loss_interval'], '.4g')})"]
     if p.get("intervals_withheld"):
