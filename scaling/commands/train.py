@@ -59,6 +59,8 @@ def register(app: typer.Typer) -> None:
         optimizer: str = typer.Option("{}", help='OptimConfig overrides as JSON, e.g. \'{"weight_decay": 0}\'.'),
         tensorboard: bool = typer.Option(False, help="Also write TensorBoard event files (needs tensorboardX)."),
         data_workers: int = typer.Option(0, help="Grain worker processes for the training data."),
+        compute_dtype: str = typer.Option("float32", help="Activation dtype: float32, or bfloat16 "
+                                          "(fp32 params, for GPU/TPU; slower on CPU)."),
         distributed: bool = typer.Option(False, help="Join a multi-host run (auto-detected cluster; see docs/training.md)."),
         log_indices: bool = typer.Option(False, hidden=True, help="Debug: log consumed example indices."),
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -79,7 +81,7 @@ def register(app: typer.Typer) -> None:
             checkpoint_every_steps=checkpoint_steps, checkpoint_every_minutes=checkpoint_minutes,
             workdir=str(workdir), compile_cache_dir=compile_cache or None, tensorboard=tensorboard,
             hardware=hardware, utilization=utilization, log_indices=log_indices,
-            data_workers=data_workers,
+            data_workers=data_workers, compute_dtype=compute_dtype,
         ).validate()
         init_distributed(auto=distributed)
         result = run_training(config, workdir, progress=not json_out)

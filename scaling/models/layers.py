@@ -16,10 +16,16 @@ TPUs have fast native grouped convs, so `conv_impl="auto"` picks by backend:
           maps of a few pixels, where im2col would mostly copy padding
   cpu     per layer, the fastest on CPU (the rule in `_cpu_choice`)
 All produce the same numbers up to float32 summation order (tests/test_models_layers.py).
+
+Mixed precision: every module takes `dtype`, the compute dtype of its activations
+(float32 or bfloat16, REFERENCE.md s2 "bf16 activations, fp32 params"). Parameters are
+stored in float32 and cast inside the forward pass, so gradients come back float32;
+weight standardisation runs on the float32 kernel and only its result is cast. The conv
+kernels below compute in the dtype of their inputs (all five, tests/test_mixed_precision.py).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -195,13 +201,19 @@ def conv2d(x: jax.Array, w: jax.Array, *, stride: int = 1, groups: int = 1, impl
 
 
 class WSConv2D(nn.Module):
-    """Conv with scaled weight standardisation, learnable gain and bias (REFERENCE.md s2)."""
+    """Conv with scaled weight standardisation, learnable gain and bias (REFERENCE.md s2).
+
+    The standardised kernel is computed in float32 (the parameters' dtype: a bf16
+    variance of a fan-in of thousands would lose most of its digits), then cast to
+    `dtype` for the conv.
+    """
 
     features: int
     kernel_size: int = 1
     stride: int = 1
     groups: int = 1
     impl: str = "native"
+    dtype: Any = jnp.float32  # compute dtype of the conv
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -215,9 +227,9 @@ class WSConv2D(nn.Module):
         )
         gain = self.param("gain", nn.initializers.ones, (self.features,))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        w = standardize(kernel, gain)
-        y = conv2d(x, w, stride=self.stride, groups=self.groups, impl=self.impl)
-        return y + bias
+        w = standardize(kernel, gain).astype(self.dtype)
+        y = conv2d(x.astype(self.dtype), w, stride=self.stride, groups=self.groups, impl=self.impl)
+        return y + bias.astype(self.dtype)
 
 
 class SqueezeExcite(nn.Module):
@@ -227,12 +239,13 @@ class SqueezeExcite(nn.Module):
     """
 
     hidden: int
+    dtype: Any = jnp.float32  # compute dtype; the Dense params stay float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         h = jnp.mean(x, axis=(1, 2))
-        h = nn.relu(nn.Dense(self.hidden, name="fc0")(h))
-        h = nn.Dense(x.shape[-1], name="fc1")(h)
+        h = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc0")(h))
+        h = nn.Dense(x.shape[-1], dtype=self.dtype, name="fc1")(h)
         return jax.nn.sigmoid(h)[:, None, None, :]
 
 

@@ -4,19 +4,26 @@
     logits = NFNet(cfg).apply({"params": params}, images, train=True,
                               rngs={"dropout": key})
 
-Images are float32 NHWC [B, H, W, 3]. With train=True, dropout and stochastic depth
+Images are float32 NHWC [B, H, W, 3]; logits come back float32 whatever the compute
+dtype. `NFNet(cfg, dtype=jnp.bfloat16)` runs activations (convs, matmuls, the residual
+stream) in bfloat16 with float32 parameters, as [B21]/[S23] train (REFERENCE.md s2);
+weight-standardisation statistics stay float32 (layers.py) and the classifier
+accumulates in float32, so the logits are not rounded to bf16. With train=True, dropout and stochastic depth
 draw from the "dropout" rng stream. Each block sows its residual-branch and
 residual-stream variances into the "intermediates" collection (pass
 mutable=["intermediates"] to read them) for signal-propagation checks.
 """
 from __future__ import annotations
 
+import functools
 import zlib
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from scaling.models.config import NFNetConfig
 from scaling.models.layers import SqueezeExcite, WSConv2D, gained_activation, resolve_conv_impl
@@ -50,13 +57,14 @@ class NFBlock(nn.Module):
     activation_gain: float
     skip_gain_init: float
     impl: str
+    dtype: Any = jnp.float32  # compute dtype of the activations
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, drop_u: jax.Array | None = None) -> jax.Array:
         """drop_u: per-example uniforms [B] for stochastic depth (drawn once per network)."""
         act = gained_activation(self.activation, self.activation_gain)
         conv = lambda feats, k, name, stride=1, groups=1: WSConv2D(  # noqa: E731
-            feats, k, stride, groups, self.impl, name=name
+            feats, k, stride, groups, self.impl, self.dtype, name=name
         )
         out = act(x) * self.beta
         if self.stride > 1:
@@ -70,15 +78,15 @@ class NFBlock(nn.Module):
         out = conv(self.width, 3, "conv1", self.stride, self.groups)(act(out))
         out = conv(self.width, 3, "conv1b", 1, self.groups)(act(out))
         out = conv(self.out_ch, 1, "conv2")(act(out))
-        out = 2.0 * SqueezeExcite(self.se_hidden, name="se")(out) * out
-        self.sow("intermediates", "branch_var", _channel_var(out))
+        out = 2.0 * SqueezeExcite(self.se_hidden, self.dtype, name="se")(out) * out
+        self.sow("intermediates", "branch_var", _channel_var(out.astype(jnp.float32)))
         if train and self.stochdepth_rate > 0:
             keep = 1.0 - self.stochdepth_rate
             mask = (drop_u < keep).astype(out.dtype)[:, None, None, None]
             out = out * mask / keep
         skip_gain = self.param("skip_gain", nn.initializers.constant(self.skip_gain_init), ())
-        out = out * skip_gain * self.alpha + shortcut
-        self.sow("intermediates", "stream_var", _channel_var(out))
+        out = out * skip_gain.astype(self.dtype) * self.alpha + shortcut
+        self.sow("intermediates", "stream_var", _channel_var(out.astype(jnp.float32)))
         return out
 
 
@@ -123,21 +131,26 @@ def block_schedule(cfg: NFNetConfig) -> list[dict]:
 
 
 class NFNet(nn.Module):
-    """The NFNet of `cfg`; `conv_impl` picks the grouped-conv kernels (layers.py)."""
+    """The NFNet of `cfg`; `conv_impl` picks the grouped-conv kernels (layers.py);
+    `dtype` is the compute dtype of the activations ("float32" or "bfloat16"; the
+    parameters are float32 either way)."""
 
     cfg: NFNetConfig
     conv_impl: str = "auto"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         cfg = self.cfg
         impl = resolve_conv_impl(self.conv_impl)
+        dtype = jnp.dtype(self.dtype)
+        x = x.astype(dtype)
         act = gained_activation(cfg.activation, cfg.activation_gain)
         stem = (*cfg.stem_widths, cfg.widths[0] // 2)
         for i, (feats, stride) in enumerate(zip(stem, _STEM_STRIDES)):
             if i:
                 x = act(x)  # between stem convs, not after the last
-            x = WSConv2D(feats, 3, stride, 1, impl, name=f"stem_conv{i}")(x)
+            x = WSConv2D(feats, 3, stride, 1, impl, dtype, name=f"stem_conv{i}")(x)
         # One draw for every block's stochastic-depth mask rather than one threefry
         # expansion per block: with per-block draws a tiny F0's train-mode grad
         # compiled in 31 s vs 24 s in eval mode (busy 2-core CPU); RNG code is costly
@@ -159,16 +172,26 @@ class NFNet(nn.Module):
                 activation_gain=cfg.activation_gain,
                 skip_gain_init=cfg.skip_gain_init,
                 impl=impl,
+                dtype=dtype,
                 name=f"block{i}",
             )(x, train, None if drop_u is None else drop_u[i])
-        x = WSConv2D(cfg.final_conv_mult * x.shape[-1], 1, 1, 1, impl, name="final_conv")(x)
+        x = WSConv2D(cfg.final_conv_mult * x.shape[-1], 1, 1, 1, impl, dtype, name="final_conv")(x)
         x = jnp.mean(act(x), axis=(1, 2))
         x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
-        return nn.Dense(
+        # Below float32 the classifier takes bf16 inputs but accumulates and returns
+        # float32 (free on GPU/TPU matrix units): bf16 logits would be rounded to
+        # 8 significant bits, a visible step in the held-out loss. float32 runs keep
+        # the plain Dense (the same program as before the dtype option existed).
+        wide = None if dtype == jnp.float32 else functools.partial(
+            lax.dot_general, preferred_element_type=jnp.float32)
+        logits = nn.Dense(
             cfg.num_classes,
             kernel_init=nn.initializers.normal(_CLASSIFIER_INIT_STD),
+            dtype=dtype,
+            dot_general=wide,
             name="classifier",
         )(x)
+        return logits.astype(jnp.float32)
 
 
 def init_params(cfg: NFNetConfig, rng: jax.Array, resolution: int, conv_impl: str = "auto"):

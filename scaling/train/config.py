@@ -18,6 +18,10 @@ from scaling.errors import BadInput, closest
 # Where the persistent XLA compilation cache lives unless the user says otherwise
 # (DESIGN.md: results/ is the default home of everything the program writes).
 DEFAULT_COMPILE_CACHE = "results/jax_cache"
+# Compute dtypes of the activations; parameters and optimizer state are float32 in both.
+# bfloat16 is [B21]/[S23]'s setting on TPU (REFERENCE.md s2: "bf16 activations, fp32
+# params"); float16 is left out on purpose (it needs loss scaling).
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,9 @@ class TrainConfig:
     data_workers: grain worker processes preparing batches (0: in the training process).
     log_indices: write every consumed training example index to indices-p<i>.jsonl
                  (debug: lets tests check exactly-once-per-epoch; large for real runs).
+    compute_dtype: "float32" (default) or "bfloat16": the dtype of activations in training
+                 AND evaluation; params, optimizer state, gradients and the loss stay float32
+                 (docs/training.md, "Precision"). Slower on CPU; for GPU/TPU runs.
     """
 
     model: str | None = None
@@ -68,6 +75,9 @@ class TrainConfig:
     utilization: float | None = None
     log_indices: bool = False
     data_workers: int = 0
+    # Added after trial ids were first published: a spec's trial config carries it only
+    # when the recipe sets it, so existing (float32) trial ids are unchanged.
+    compute_dtype: str = "float32"
 
     # ---- validation -------------------------------------------------------------
     def validate(self) -> "TrainConfig":
@@ -114,6 +124,10 @@ class TrainConfig:
             raise BadInput(f"utilization: must be in (0, 1], got {self.utilization!r}")
         if self.hardware is not None:
             units.hardware(self.hardware)
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise BadInput(f"compute_dtype: {self.compute_dtype!r} is not supported; "
+                           f"{closest(self.compute_dtype, COMPUTE_DTYPES)}"
+                           f"use one of {', '.join(COMPUTE_DTYPES)}")
         if not isinstance(self.optimizer, dict):
             raise BadInput("optimizer: must be a table of OptimConfig fields, e.g. {\"weight_decay\": 0.0}")
         return self

@@ -127,7 +127,9 @@ def _claim_workdir(config: TrainConfig, workdir: Path) -> None:
     path = workdir / "config.json"
     mine = {k: v for k, v in config.to_dict().items() if k not in OPERATIONAL_FIELDS}
     if path.exists():
-        stored = {k: v for k, v in json.loads(path.read_text()).items() if k not in OPERATIONAL_FIELDS}
+        # Through TrainConfig, so a field added since (at its default) matches a missing key.
+        stored = {k: v for k, v in TrainConfig.from_json(path.read_text()).to_dict().items()
+                  if k not in OPERATIONAL_FIELDS}
         if stored != mine:
             diff = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
             raise BadInput(f"workdir: {workdir} holds a run with a different config "
@@ -327,7 +329,7 @@ class _Run:
         total_steps = plan.total_steps
         self.tb = _tensorboard_writer(self.workdir) if (cfg.tensorboard and self.lead) else None
         self.mesh = step_mod.make_mesh()
-        model = NFNet(self.model_cfg)
+        model = NFNet(self.model_cfg, dtype=cfg.compute_dtype)
         optimizer = make_optimizer(self.optim_cfg)
         rep = step_mod.replicated(self.mesh)
 
@@ -361,7 +363,7 @@ class _Run:
         hyper = step_mod.make_hyper(peak_lr=cfg.lr, warmup_steps=self.optim_cfg.warmup_steps(total_steps),
                                     total_steps=total_steps, seed=cfg.seed)
         hyper = jax.tree.map(lambda x: _put_replicated(np.asarray(x), rep), hyper)
-        key = (self.model_cfg, self.optim_cfg, tuple(d.id for d in self.mesh.devices.flat))
+        key = (self.model_cfg, self.optim_cfg, cfg.compute_dtype, tuple(d.id for d in self.mesh.devices.flat))
         self.counters = counters
 
         def compile_eval(params, batch):
