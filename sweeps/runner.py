@@ -142,6 +142,7 @@ def run_sweep(spec_path: str, store_url: str, *, workers: int = 2, options: Work
     Raises KeyboardInterrupt after Ctrl-C once the workers have exited (the first Ctrl-C
     waits for them to hand their trials back), RuntimeFailure if a worker failed."""
     spec = load_spec(spec_path)  # BadInput before anything touches the store
+    expand(spec)  # ... including a bad recipe value, found at expansion
     store = Store(store_url, results_dir=results_dir)
     added = enqueue_spec(spec, store)
     codes: list[int] = []

@@ -366,6 +366,20 @@ def _check_recipe_keys(recipe: dict) -> None:
     _check_keys(recipe, known - GRID_OWNED, "recipe.")
 
 
+def _check_recipe_values(config: dict) -> None:
+    """One trial's config through TrainConfig's own checks: a bad recipe value (e.g.
+    compute_dtype = "bf17") is refused with the spec, not by every trial as it starts.
+    The recipe is the same in every trial, so one suffices."""
+    try:
+        from scaling.train.config import TrainConfig  # pure module, no jax
+    except ImportError:
+        return
+    try:
+        TrainConfig.from_dict(config).validate()
+    except BadInput as err:
+        raise BadInput(f"recipe.{err}") from None
+
+
 def train_config_fields() -> set[str] | None:
     """Field names of the trainer's TrainConfig, or None if the trainer is not importable."""
     import dataclasses
@@ -429,6 +443,8 @@ def expand(spec: SweepSpec) -> list[Trial]:
                     cfg.update(epochs=epochs, lr=lr, seed=seed)
                     trials.append(Trial(spec.name, cfg, "grid", info.params, info.flops_per_example,
                                         info.depth_mult, info.width_mult))
+    if trials:
+        _check_recipe_values(trials[0].config)
     ids = [t.trial_id for t in trials]
     if len(set(ids)) != len(ids):
         raise BadInput("grid: two entries expand to the same trial (e.g. a preset and its family point); remove the duplicate")

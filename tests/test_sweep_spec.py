@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +150,13 @@ def test_dry_run_prints_the_grid_and_touches_no_store(tmp_path):
     plan = json.loads(out.stdout)
     assert plan["trials"] == 36 and len(plan["models"]) == 4 and plan["unit"] == "cpu-core-hours"
     assert not db.exists()
+
+
+def test_a_bad_recipe_value_is_refused_with_the_spec(tmp_path):
+    """At expansion (plan, run, enqueue all expand first), not by every trial as it starts."""
+    bundled = Path(__file__).resolve().parents[1] / "sweeps" / "specs" / "smoke.toml"
+    text = bundled.read_text().replace("[recipe]", '[recipe]\ncompute_dtype = "bf17"', 1)
+    assert "bf17" in text, "the smoke spec has no [recipe] table any more: adapt this test"
+    (tmp_path / "bad.toml").write_text(text)
+    with pytest.raises(BadInput, match=r"recipe\.compute_dtype: 'bf17'"):
+        expand(load_spec(str(tmp_path / "bad.toml")))
