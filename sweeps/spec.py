@@ -134,7 +134,12 @@ def shape_key(config: dict) -> str:
     """
     keys = ("model", "depth_mult", "width_mult", "dataset", "batch_size", "resolution",
             "eval_resolution")
-    return canonical_json({k: config.get(k) for k in keys})
+    key = {k: config.get(k) for k in keys}
+    # The compute dtype changes the compiled step too; only a non-default one enters the
+    # key, so every shape key stored before the bf16 path existed stays the same.
+    if config.get("compute_dtype", "float32") != "float32":
+        key["compute_dtype"] = config["compute_dtype"]
+    return canonical_json(key)
 
 
 # ---------------------------------------------------------------- validation helpers

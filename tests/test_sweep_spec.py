@@ -160,3 +160,13 @@ def test_a_bad_recipe_value_is_refused_with_the_spec(tmp_path):
     (tmp_path / "bad.toml").write_text(text)
     with pytest.raises(BadInput, match=r"recipe\.compute_dtype: 'bf17'"):
         expand(load_spec(str(tmp_path / "bad.toml")))
+
+
+def test_shape_key_separates_compute_dtypes_and_keeps_old_keys():
+    from sweeps.spec import canonical_json, shape_key
+
+    cfg = {"model": "F0", "dataset": "procedural", "batch_size": 64, "resolution": 16, "eval_resolution": 16}
+    old = canonical_json({k: cfg.get(k) for k in ("model", "depth_mult", "width_mult", "dataset", "batch_size",
+                                                  "resolution", "eval_resolution")})
+    assert shape_key(cfg) == old == shape_key({**cfg, "compute_dtype": "float32"})
+    assert shape_key({**cfg, "compute_dtype": "bfloat16"}) != old
