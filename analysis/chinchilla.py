@@ -140,9 +140,7 @@ class ChinchillaFit:
 
     def to_dict(self, level: float | None = None) -> dict:
         level = self.level if level is None else level
-        intervals = {k: fitting.interval(v, level) for k, v in self.samples.items()}
-        if fitting.floor_at_bound(self.params):  # not identified: see fitting.floor_at_bound
-            intervals["E"] = (float("nan"), float("nan"))
+        intervals = fitting.param_intervals(self.params, self.samples, level)
         return {"params": self.params, "intervals": intervals,
                 "level": level, "flops_per_example": {"c": self.flops.c, "gamma": self.flops.gamma,
                                                       "n_models": self.flops.n_models},

@@ -260,6 +260,14 @@ def floor_at_bound(params: dict) -> bool:
     return "E" in params and params["E"] < FLOOR_AT_BOUND
 
 
+def param_intervals(params: dict, samples: dict, level: float) -> dict[str, tuple[float, float]]:
+    """Percentile interval per parameter; E's is withheld (NaN) when E sits at its bound."""
+    out = {k: interval(v, level) for k, v in samples.items()}
+    if floor_at_bound(params):
+        out["E"] = (float("nan"), float("nan"))
+    return out
+
+
 def interval(samples: np.ndarray, level: float) -> tuple[float, float]:
     """Percentile bootstrap interval, ignoring resamples that produced non-finite values."""
     s = samples[np.isfinite(samples)]

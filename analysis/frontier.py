@@ -107,10 +107,7 @@ class LawFit:
     def intervals(self, level: float | None = None) -> dict[str, tuple[float, float]]:
         """Per parameter; E's is withheld (NaN) when E sits at its bound 0."""
         level = self.level if level is None else level
-        out = {k: fitting.interval(v, level) for k, v in self.samples.items()}
-        if fitting.floor_at_bound(self.params):
-            out["E"] = (float("nan"), float("nan"))
-        return out
+        return fitting.param_intervals(self.params, self.samples, level)
 
     def to_dict(self, level: float | None = None) -> dict:
         return {"form": self.form, "params": self.params, "intervals": self.intervals(level),

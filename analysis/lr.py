@@ -173,6 +173,16 @@ class LrLaw:
                 f"{self.level:.0%} intervals")
 
 
+def cell_weights(opt: pd.DataFrame) -> np.ndarray:
+    """Each cell's weight in the law, mean 1: curvature^2 (see LrLaw); equal weights when
+    no cell has a usable curvature (e.g. optima given without their lr curves)."""
+    curvature = opt["curvature"].to_numpy(float) if "curvature" in opt else np.ones(len(opt))
+    w = np.where(np.isfinite(curvature) & (curvature > 0), curvature, 0.0) ** 2
+    if w.sum() <= 0:
+        w = np.ones(len(opt))
+    return w / w.mean()
+
+
 def fit_lr_law(opt: pd.DataFrame, *, level: float = 0.95) -> tuple[LrLaw | None, str]:
     """The pooled law and "", or (None, why not). Cells whose optimum sits on the grid's
     edge are left out: their lr_opt is a bound, not an estimate."""
@@ -189,14 +199,10 @@ def fit_lr_law(opt: pd.DataFrame, *, level: float = 0.95) -> tuple[LrLaw | None,
     x = np.column_stack([np.ones(len(cells)), np.log2(cells["epochs"].to_numpy(float)),
                          np.log2(cells["params"].to_numpy(float))])
     y = np.log2(cells["lr_opt"].to_numpy(float))
-    curvature = cells["curvature"].to_numpy(float) if "curvature" in cells else np.ones(len(cells))
-    w = np.where(np.isfinite(curvature) & (curvature > 0), curvature, 0.0) ** 2
-    if w.sum() <= 0:
-        w = np.ones(len(cells))
-    w = w / w.mean()
-    xtwx = x.T @ (w[:, None] * x)
-    theta = np.linalg.pinv(xtwx) @ (x.T @ (w * y))
+    w = cell_weights(cells)
+    root = np.sqrt(w)
+    theta = np.linalg.lstsq(x * root[:, None], y * root, rcond=None)[0]
     scatter = float(np.sqrt(np.sum(w * (y - x @ theta) ** 2) / (len(y) - 3)))
-    cov = scatter**2 * np.linalg.pinv(xtwx)
+    cov = scatter**2 * np.linalg.pinv(x.T @ (w[:, None] * x))
     return LrLaw(float(theta[0]), float(theta[1]), float(theta[2]), cov, len(cells), len(ok) - len(cells),
                  scatter, level), ""

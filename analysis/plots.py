@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis import frontier  # noqa: E402
+from analysis import frontier, lr  # noqa: E402
 from analysis.pipeline import Analysis  # noqa: E402
 
 plt.rcParams.update({"figure.dpi": 110, "font.size": 10, "axes.grid": True, "grid.alpha": 0.3})
@@ -78,10 +78,9 @@ def lr_figure(a: Analysis):
     colors = _colors(models)
     budgets = sorted(opt["epochs"].unique())
     bcolors = dict(zip(budgets, plt.get_cmap("plasma")(np.linspace(0, 0.85, len(budgets)))))
-    # Marker area: the cell's weight in the law (curvature^2, normalised); flat cells are small.
-    curv = opt["curvature"].to_numpy(float) if "curvature" in opt else np.full(len(opt), np.nan)
-    wt = np.where(np.isfinite(curv) & (curv > 0), curv, 0) ** 2
-    area = 12 + 60 * wt / wt.max() if wt.max() > 0 else np.full(len(opt), 30.0)
+    # Marker area: the cell's weight in the law (lr.cell_weights); flat cells are small.
+    wt = lr.cell_weights(opt)
+    area = 12 + 60 * wt / wt.max()
     inside = (opt["edge"] == "").to_numpy()
     for m in models:
         sel = (opt["model"] == m).to_numpy()
