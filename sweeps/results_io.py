@@ -21,6 +21,8 @@ REQUIRED = ("model", "params", "examples_seen", "lr", "heldout_loss", "train_flo
 OPTIONAL = ("epochs", "depth_mult", "width_mult", "batch_size", "dataset", "sweep", "status",
             "device_seconds", "hardware", "flops_per_example", "resolution", "eval_resolution", "seed",
             "heldout_accuracy")
+# Results, not identity: left out of an imported trial's id (see rows_from_frame).
+NOT_HASHED = ("flops_per_example", "heldout_accuracy")
 # Export adds these (the import ignores them if present: they describe one store's bookkeeping).
 EXPORT_EXTRA = ("trial_id", "reason", "num_devices", "attempts", "error", "diverged_step", "compile_seconds")
 # Columns whose name says the unit is not what the store keeps: the fix to suggest.
@@ -119,7 +121,10 @@ def rows_from_frame(df, *, default_sweep: str) -> list[dict]:
         out["status"] = status
         out["dataset"] = str(r["dataset"]) if "dataset" in r else None
         out["sweep"] = str(r.get("sweep", default_sweep))
-        config = {k: v for k, v in out.items() if k not in ("sweep", "status")}
+        # The trial id hashes what the import hashed before these columns existed, plus
+        # resolution/seed (they tell runs apart); the result-only columns added with them
+        # stay out, so a file imported twice adds nothing.
+        config = {k: v for k, v in out.items() if k not in ("sweep", "status") + NOT_HASHED}
         out.update(trial_id=_hash(out["sweep"], config), config_json=canonical_json(config),
                    reason="imported", attempts=0, created_at=now, updated_at=now)
         rows.append(out)

@@ -48,9 +48,10 @@ def spec_record(spec: SweepSpec) -> dict:
             "lrs": list(spec.lrs)}
 
 
-def enqueue_spec(spec: SweepSpec, store: Store) -> int:
-    """Idempotent: re-running a spec adds only what is missing (incl. due LR extensions)."""
-    trials = expand(spec)
+def enqueue_spec(spec: SweepSpec, store: Store, trials: list | None = None) -> int:
+    """Idempotent: re-running a spec adds only what is missing (incl. due LR extensions).
+    `trials`: `expand(spec)` when the caller has it already."""
+    trials = expand(spec) if trials is None else trials
     store.record_sweep(spec.name, spec_record(spec))
     added = store.enqueue(trials)
     return added + extend_sweep(store, spec.name)
@@ -142,9 +143,9 @@ def run_sweep(spec_path: str, store_url: str, *, workers: int = 2, options: Work
     Raises KeyboardInterrupt after Ctrl-C once the workers have exited (the first Ctrl-C
     waits for them to hand their trials back), RuntimeFailure if a worker failed."""
     spec = load_spec(spec_path)  # BadInput before anything touches the store
-    expand(spec)  # ... including a bad recipe value, found at expansion
+    trials = expand(spec)  # ... including a bad recipe value, found at expansion
     store = Store(store_url, results_dir=results_dir)
-    added = enqueue_spec(spec, store)
+    added = enqueue_spec(spec, store, trials)
     codes: list[int] = []
     if workers > 0:
         cmd = worker_command(store_url, sweep=spec.name, options=options, trainer=trainer,

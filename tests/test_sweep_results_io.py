@@ -112,3 +112,13 @@ def test_export_imports_back_whole_with_resolution_and_seeds(store_url, tmp_path
         import_file(dst, write(tmp_path, [dict(base, heldout_accuracy=41)], "bad.csv"))
     src.dispose()
     dst.dispose()
+
+
+def test_result_only_columns_do_not_change_an_imported_trial_id(store_url, tmp_path):
+    """A file imported before flops_per_example/heldout_accuracy were import columns, then
+    again as an export that carries them, must not add its runs twice."""
+    store = Store(store_url, results_dir=tmp_path)
+    assert import_file(store, write(tmp_path, [GOOD], "plain.csv"), sweep="s") == (1, 1)
+    richer = dict(GOOD, flops_per_example=1.9e10, heldout_accuracy=0.5)
+    assert import_file(store, write(tmp_path, [richer], "rich.csv"), sweep="s") == (1, 0)
+    store.dispose()

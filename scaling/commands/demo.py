@@ -53,7 +53,9 @@ class DemoResult:
 
 
 def _finished(counts: dict) -> int:
-    return counts.get("done", 0) + counts.get("failed", 0) + counts.get("diverged", 0)
+    from sweeps.store import TERMINAL
+
+    return sum(counts.get(s, 0) for s in TERMINAL)
 
 
 def _minutes(seconds: float) -> str:
