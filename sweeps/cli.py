@@ -163,7 +163,9 @@ def register(app: typer.Typer) -> None:
                 # before the re-queue commits: a worker must not find the old result
                 found = _move_result_aside(st.trial_workdir(r["trial_id"], r["sweep"]))
                 moved, missing = moved + found, missing + (not found)
-            ids = st.retry(sweep_name, statuses, trial)
+            # Diverged trials: re-queue exactly the ones whose result.json was just moved
+            # (a trial that diverged meanwhile must not come back with its result in place).
+            ids = st.retry(sweep_name, statuses, ids if "diverged" in statuses else trial)
         short = [i[:12] for i in ids]
         if as_json:
             typer.echo(json.dumps({"requeued": 0 if dry_run else len(ids), "would_requeue": len(ids) if dry_run else 0,
@@ -215,8 +217,9 @@ def register(app: typer.Typer) -> None:
 
 def _failed_or_diverged():
     from sweeps.schema import trials
+    from sweeps.store import RETRYABLE
 
-    return trials.c.status.in_(("failed", "diverged"))
+    return trials.c.status.in_(RETRYABLE)
 
 
 def _ids_with_status(ids: list[str], status: str):

@@ -256,26 +256,28 @@ class Worker:
         while opts.max_trials is None or self.trials_run < opts.max_trials:
             if stop.requested:
                 stop.raise_()
-            try:
+            try:  # every store call of one poll, so an outage anywhere in it is retried
                 claim = self.store.claim(self.name, lease_seconds=opts.lease_seconds,
                                          max_attempts=opts.max_attempts, prefer_shape=self.last_shape,
                                          sweeps_only=opts.sweeps)
+                idle = claim is None and not self._extend_all()
+                finished = idle and opts.exit_when_idle and self.store.active(opts.sweeps) == 0
                 store_errors = 0
             except RuntimeFailure as err:
                 # A restarting server or a long-held SQLite lock: retry for a while.
                 store_errors += 1
                 if store_errors > MAX_STORE_RETRIES:
                     raise
-                log.warning("%s: claim failed (%s); retry %d/%d", self.name, err, store_errors, MAX_STORE_RETRIES)
+                log.warning("%s: store call failed (%s); retry %d/%d", self.name, err, store_errors,
+                            MAX_STORE_RETRIES)
                 self._sleep(opts.poll_seconds * store_errors)
                 continue
+            if finished:
+                break
             if claim is None:
-                if self._extend_all():
-                    continue
-                if opts.exit_when_idle and self.store.active(opts.sweeps) == 0:
-                    break
-                self._sleep(opts.poll_seconds)  # others hold leases that may yet expire
-                continue
+                if idle:
+                    self._sleep(opts.poll_seconds)  # others hold leases that may yet expire
+                continue  # (not idle: LR extension just enqueued trials; claim them)
             if stop.requested:  # the signal came during the claim: hand it back untried
                 self.store.release(claim)
                 stop.raise_()

@@ -225,3 +225,24 @@ def test_sigterm_releases_the_claim(tmp_path):
     (row,) = store.rows("term")
     assert (row["status"], row["attempts"]) == ("pending", 0), logs_of(tmp_path / "results")
     assert len(store.metrics_rows(row["trial_id"])) > 0  # its progress so far was kept
+
+
+def test_a_store_outage_after_the_claim_is_retried_not_fatal(tmp_path, monkeypatch):
+    """The outage retry covers the whole poll (claim, LR extension, the idle check), not
+    only the claim: a blip in `active()` used to crash an idle worker."""
+    from scaling.errors import RuntimeFailure
+
+    store = Store(f"sqlite:///{tmp_path / 'runs.db'}", results_dir=tmp_path)
+    store.enqueue(tiny_trials(2))
+    real_active, calls = Store.active, []
+
+    def flaky_active(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeFailure("store: connection lost (test)")
+        return real_active(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "active", flaky_active)
+    assert run_in_process(store) == 2
+    assert len(calls) >= 2 and store.counts()["load"]["done"] == 2
+    store.dispose()
