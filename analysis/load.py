@@ -1,6 +1,6 @@
 """Runs from a store (SQLite/PostgreSQL, read-only) or a CSV into one DataFrame.
 
-Units of the returned columns (DESIGN.md "Contracts"):
+Units of the returned columns (docs/analysis.md#units):
   params               parameter count
   flops_per_example    FORWARD real FLOPs per example (2 per MAC) at the train resolution
   train_flops          real training FLOPs of the run = 3 x forward x examples_seen
@@ -19,13 +19,13 @@ import numpy as np
 import pandas as pd
 
 from scaling.errors import BadInput
+from sweeps import record
 
-REQUIRED = ("model", "params", "examples_seen", "lr", "heldout_loss", "train_flops")
-OPTIONAL = ("epochs", "depth_mult", "width_mult", "batch_size", "dataset", "sweep", "status",
-            "device_seconds", "hardware", "flops_per_example", "heldout_accuracy", "seed", "resolution")
-NUMERIC = ("params", "examples_seen", "lr", "heldout_loss", "train_flops", "epochs", "depth_mult",
-           "width_mult", "batch_size", "device_seconds", "flops_per_example", "heldout_accuracy", "seed",
-           "resolution")
+# From the run record (sweeps/record.py): the columns a run must have, the ones read if
+# present, and which of them are numbers.
+REQUIRED = record.IMPORT_REQUIRED
+OPTIONAL = tuple(c for c in record.EXPORTED if c not in REQUIRED)
+NUMERIC = tuple(c for c in REQUIRED + OPTIONAL if record.BY_NAME[c].numeric)
 
 
 def read_store(url: str) -> pd.DataFrame:
@@ -47,7 +47,9 @@ def read_store(url: str) -> pd.DataFrame:
         with engine.connect() as conn:
             if not sa.inspect(conn).has_table("trials"):
                 raise BadInput(f"--store: {url!r} has no trials table; is it a results store?")
-            rows = conn.execute(sa.select(schema.trials)).mappings().all()
+            # The columns this store has (an older store may lack newer ones).
+            have = {c["name"] for c in sa.inspect(conn).get_columns("trials")}
+            rows = conn.execute(sa.select(*(c for c in schema.trials.columns if c.name in have))).mappings().all()
     except sa.exc.OperationalError as err:
         raise BadInput(f"--store: cannot open {url!r} ({str(err.orig).strip().splitlines()[0]}); check the URL") from None
     finally:
@@ -102,7 +104,7 @@ def clean(raw: pd.DataFrame, dataset: str | None = None) -> tuple[pd.DataFrame, 
     if other.any():
         notes.append(f"ignored {other.sum()} trial(s) with unknown status {sorted(df.loc[other, 'status'].unique())}")
     df = df[df["status"] == "done"]
-    fwd = df["train_flops"] / (3.0 * df["examples_seen"])  # train = 3 x forward (DESIGN.md)
+    fwd = df["train_flops"] / (3.0 * df["examples_seen"])  # train = 3 x forward (docs/units.md#three-records-per-run)
     df["flops_per_example"] = df["flops_per_example"].fillna(fwd)
     needed = ["params", "examples_seen", "lr", "heldout_loss", "train_flops"]
     finite = np.isfinite(df[needed]).all(axis=1) & (df[needed] > 0).all(axis=1)

@@ -1,6 +1,7 @@
 """Learning-rate extension: grow a group's LR grid until its best LR is interior.
 
-[S23] tunes the LR per epoch budget on a factor-2 grid (REFERENCE.md s1). If the best
+[S23] tunes the LR per epoch budget on a factor-2 grid
+(docs/references.md#epoch-budgets-and-the-learning-rate-grid). If the best
 LR of a (model, epoch budget, seed, ...) group is the largest or smallest one tried,
 the optimum may lie outside the grid, so the next factor-2 value beyond that edge is
 enqueued, with the reason recorded in the store, until the best LR is interior or
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+from scaling.train.config import identity_of
 from sweeps.spec import LRExtension, Trial, canonical_json
 
 TERMINAL = ("done", "failed", "diverged")
@@ -52,8 +54,9 @@ def next_lrs(group: list[dict], policy: LRExtension) -> list[tuple[float, str]]:
 
 
 def group_key(config: dict) -> str:
-    """Trials that differ only in their LR form one group."""
-    return canonical_json({k: v for k, v in config.items() if k != "lr"})
+    """Trials whose identities differ only in their LR form one group (operational
+    fields such as the checkpoint cadence do not split a group)."""
+    return canonical_json({k: v for k, v in identity_of(config).items() if k != "lr"})
 
 
 def extend_sweep(store, sweep: str) -> int:

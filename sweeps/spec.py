@@ -8,8 +8,6 @@ No jax here: model sizes come from the pure `scaling.models.config/counts`.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -17,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from scaling.errors import BadInput, closest
+from scaling.train.config import GRID_OWNED, TrainConfig, shape_of
+from sweeps.ids import canonical_json, trial_id  # noqa: F401  (re-exported: the spec's ids)
 
 # Keys each table accepts; anything else is an error with a "did you mean".
 TOP_KEYS = {
@@ -28,10 +28,6 @@ GRID_KEYS = {"models", "depth_mults", "width_mults", "epochs", "lr"}
 ISOFLOP_KEYS = {"budgets", "unit", "models", "depth_mults", "width_mults", "lr"}
 LR_KEYS = {"centre", "center", "steps", "values"}
 EXTENSION_KEYS = {"enabled", "max_steps", "min_lr", "max_lr"}
-# Trial fields set by the grid itself; a recipe may not override them.
-GRID_OWNED = {"model", "depth_mult", "width_mult", "epochs", "lr", "dataset", "batch_size",
-              "resolution", "eval_resolution", "seed", "budget", "unit", "workdir"}
-
 BUNDLED_DIR = Path(__file__).parent / "specs"
 
 
@@ -40,7 +36,8 @@ class LRExtension:
     """When a group's best LR sits on its grid edge, try the next factor-2 value out.
 
     Bounded by `max_steps` extra steps beyond each edge of the original grid and by
-    [min_lr, max_lr]; [S23] tunes LR on a factor-2 grid (REFERENCE.md s1).
+    [min_lr, max_lr]; [S23] tunes LR on a factor-2 grid
+    (docs/references.md#epoch-budgets-and-the-learning-rate-grid).
     """
 
     enabled: bool = True
@@ -116,30 +113,14 @@ class SweepSpec:
 
 # ---------------------------------------------------------------- hashing
 
-def canonical_json(obj: Any) -> str:
-    """Key-sorted, compact JSON: equal configs give equal strings (and trial ids)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-def trial_id(sweep: str, config: dict) -> str:
-    """sha256 of the canonical {sweep, config}: re-enqueueing the same spec adds nothing."""
-    return hashlib.sha256(canonical_json({"sweep": sweep, "config": config}).encode()).hexdigest()
-
-
 def shape_key(config: dict) -> str:
     """What one compilation of the train step depends on: same key, same compiled step.
 
-    The learning rate and epoch budget are runtime inputs of the step (DESIGN.md,
-    Training), so trials that differ only in those share a compilation.
+    The fields are those TrainConfig declares compile-shape; the learning rate and the
+    epoch budget are runtime inputs of the step (docs/training.md), so trials that differ
+    only in those share a compilation.
     """
-    keys = ("model", "depth_mult", "width_mult", "dataset", "batch_size", "resolution",
-            "eval_resolution")
-    key = {k: config.get(k) for k in keys}
-    # The compute dtype changes the compiled step too; only a non-default one enters the
-    # key, so every shape key stored before the bf16 path existed stays the same.
-    if config.get("compute_dtype", "float32") != "float32":
-        key["compute_dtype"] = config["compute_dtype"]
-    return canonical_json(key)
+    return canonical_json(shape_of(config))
 
 
 # ---------------------------------------------------------------- validation helpers
@@ -231,7 +212,7 @@ class ModelInfo:
     width_mult: float
     params: int
     flops_per_example: float  # forward FLOPs at the train resolution (2 per MAC)
-    train_flops_per_example: float  # 3 x forward ([S23]/DESIGN.md: forward + backward)
+    train_flops_per_example: float  # 3 x forward (forward + backward; docs/units.md#three-records-per-run)
 
 
 def describe_model(ref: ModelRef, *, num_classes: int, resolution: int) -> ModelInfo:
@@ -364,11 +345,8 @@ def _check_unit(unit: Any, key: str) -> None:
 
 
 def _check_recipe_keys(recipe: dict) -> None:
-    """Recipe keys must be TrainConfig fields (checked when the trainer is installed)."""
-    known = train_config_fields()
-    if known is None:
-        return
-    _check_keys(recipe, known - GRID_OWNED, "recipe.")
+    """Recipe keys must be TrainConfig fields that the grid does not own."""
+    _check_keys(recipe, train_config_fields() - GRID_OWNED, "recipe.")
 
 
 def _check_recipe_values(config: dict) -> None:
@@ -376,23 +354,15 @@ def _check_recipe_values(config: dict) -> None:
     compute_dtype = "bf17") is refused with the spec, not by every trial as it starts.
     The recipe is the same in every trial, so one suffices."""
     try:
-        from scaling.train.config import TrainConfig  # pure module, no jax
-    except ImportError:
-        return
-    try:
         TrainConfig.from_dict(config).validate()
     except BadInput as err:
         raise BadInput(f"recipe.{err}") from None
 
 
-def train_config_fields() -> set[str] | None:
-    """Field names of the trainer's TrainConfig, or None if the trainer is not importable."""
+def train_config_fields() -> set[str]:
+    """Field names of the trainer's TrainConfig."""
     import dataclasses
 
-    try:
-        from scaling.train.config import TrainConfig  # pure module, no jax
-    except ImportError:
-        return None
     return {f.name for f in dataclasses.fields(TrainConfig)}
 
 

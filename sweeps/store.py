@@ -25,16 +25,14 @@ from sqlalchemy import event, exc
 from sqlalchemy.dialects import postgresql, sqlite
 
 from scaling.errors import BadInput, RuntimeFailure
-from sweeps import schema
+from sweeps import ids, record, schema
+from sweeps.options import DEFAULT_URL  # noqa: F401 - the one default store URL, re-exported
 from sweeps.schema import SCHEMA_VERSION, metadata, metrics, schema_info, sweeps, trials
 
-DEFAULT_URL = "sqlite:///results/runs.db"
 TERMINAL = ("done", "failed", "diverged")
 RETRYABLE = ("failed", "diverged")  # what `Store.retry` puts back in the queue
 # Result fields a worker may write on completion (the rest of the row is the queue's).
-RESULT_FIELDS = ("heldout_loss", "heldout_accuracy", "params", "flops_per_example", "train_flops",
-                 "device_seconds", "hardware", "num_devices", "examples_seen", "compile_seconds",
-                 "diverged_step")
+RESULT_FIELDS = record.RESULT_FIELDS
 
 
 def utcnow() -> datetime:
@@ -143,7 +141,31 @@ def _migrate_1_to_2(conn: sa.Connection) -> None:
         conn.execute(trials.update().where(trials.c.trial_id == tid).values(shape=shape_key(json.loads(cfg))))
 
 
-MIGRATIONS = {1: _migrate_1_to_2}  # from version k to k+1
+def _add_declared_columns(conn: sa.Connection) -> None:
+    """Add every run-record column the store lacks (nullable, so old rows stay valid):
+    a column declared in sweeps/record.py needs no migration of its own."""
+    have = {c["name"] for c in sa.inspect(conn).get_columns("trials")}
+    for col in trials.columns:
+        if col.name in have:
+            continue
+        ddl = sa.schema.CreateColumn(col).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE trials ADD COLUMN {ddl}")
+        if col.index:
+            conn.exec_driver_sql(f"CREATE INDEX ix_trials_{col.name} ON trials ({col.name})")
+
+
+def _migrate_2_to_3(conn: sa.Connection) -> None:
+    """Version 3: `identity` (version-2 id hash) and `id_version` on every row; the
+    stored ids are kept (version 1), so checkpoints and exported ids stay valid."""
+    _add_declared_columns(conn)
+    q = sa.select(trials.c.trial_id, trials.c.sweep, trials.c.config_json, trials.c.reason,
+                  *(trials.c[k] for k in record.IMPORT_IDENTITY))
+    for row in conn.execute(q).mappings().all():
+        conn.execute(trials.update().where(trials.c.trial_id == row["trial_id"]).values(
+            identity=ids.identity_of_row(dict(row)), id_version=1))
+
+
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}  # from version k to k+1
 
 
 # ---------------------------------------------------------------- the store
@@ -195,6 +217,7 @@ class Store:
                 MIGRATIONS[version](conn)
                 version += 1
                 conn.execute(schema_info.update().values(version=version))
+            _add_declared_columns(conn)
 
     def schema_version(self) -> int:
         with self._begin() as conn:
@@ -229,15 +252,19 @@ class Store:
             return sorted(conn.execute(sa.select(trials.c.sweep).distinct()).scalars())
 
     def enqueue(self, new_trials: Iterable) -> int:
-        """Insert trials not already stored; returns how many were new. Idempotent."""
-        from sweeps.spec import canonical_json
+        """Insert trials not already stored; returns how many were new. Idempotent.
 
+        A trial is "already stored" when a row has its identity (whatever the id version
+        of that row). A stored trial still pending takes the new trial's operational
+        fields (e.g. a new checkpoint cadence); nothing is re-enqueued or retrained.
+        """
         now = utcnow()
         rows = {}
         for t in new_trials:
             c = t.config
             rows[t.trial_id] = dict(
-                trial_id=t.trial_id, sweep=t.sweep, config_json=canonical_json(c), shape=t.shape,
+                trial_id=t.trial_id, identity=t.trial_id, id_version=ids.ID_VERSION, sweep=t.sweep,
+                config_json=ids.canonical_json(c), shape=t.shape,
                 model=c["model"], depth_mult=float(t.depth_mult), width_mult=float(t.width_mult),
                 params=t.params,
                 flops_per_example=t.flops_per_example, epochs=float(c["epochs"]), lr=float(c["lr"]),
@@ -248,15 +275,23 @@ class Store:
         if not rows:
             return 0
         added = 0
-        ids = list(rows)
+        keys = list(rows)
         with self._begin() as conn:
-            for i in range(0, len(ids), 500):
-                chunk = ids[i:i + 500]
-                have = set(conn.execute(sa.select(trials.c.trial_id).where(trials.c.trial_id.in_(chunk))).scalars())
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                have = {r.identity: r for r in conn.execute(
+                    sa.select(trials.c.trial_id, trials.c.identity, trials.c.status, trials.c.config_json)
+                    .where(trials.c.identity.in_(chunk)))}
                 todo = [rows[k] for k in chunk if k not in have]
                 if todo:
                     conn.execute(self._insert(trials).on_conflict_do_nothing(index_elements=["trial_id"]), todo)
                     added += len(todo)
+                for k, old in have.items():
+                    new_cfg = rows[k]["config_json"]
+                    if old.status == "pending" and old.config_json != new_cfg:
+                        conn.execute(trials.update().where(trials.c.trial_id == old.trial_id,
+                                                           trials.c.status == "pending")
+                                     .values(config_json=new_cfg, updated_at=now))
         return added
 
     # -- the queue
@@ -452,15 +487,41 @@ class Store:
             return conn.execute(q).scalar_one()
 
     def insert_results(self, rows: list[dict]) -> int:
-        """Imported runs (already finished elsewhere): idempotent by trial_id."""
+        """Imported runs (finished elsewhere); returns how many were new. Idempotent.
+
+        A row is already stored when a stored row has its trial id (an export imported
+        back) or its identity. If such a row's results differ, nothing is written and the
+        conflict is refused naming both.
+        """
         if not rows:
             return 0
         with self._begin() as conn:
-            have = set(conn.execute(sa.select(trials.c.trial_id).where(
-                trials.c.trial_id.in_([r["trial_id"] for r in rows]))).scalars())
-            todo = [r for r in rows if r["trial_id"] not in have]
+            found = {}
+            for i in range(0, len(rows), 500):
+                chunk = rows[i:i + 500]
+                q = sa.select(trials).where(sa.or_(
+                    trials.c.trial_id.in_([r["trial_id"] for r in chunk]),
+                    trials.c.identity.in_([r["identity"] for r in chunk])))
+                for old in conn.execute(q).mappings():
+                    found[old["trial_id"]] = found[old["identity"]] = dict(old)
+            todo = []
+            for r in rows:
+                old = found.get(r["trial_id"]) or found.get(r["identity"])
+                if old is None:
+                    todo.append(r)
+                    continue
+                differ = _differing_results(old, r)
+                if differ:
+                    k = differ[0]
+                    raise BadInput(f"{k}: row {r.get('_row', '?')} ({r['model']}, lr {r['lr']:g}) is {r[k]!r}, but the "
+                                   f"store holds this run as trial {old['trial_id'][:12]} with {old[k]!r}; "
+                                   "import it under another --sweep or fix the file (nothing was imported)")
             if todo:
-                conn.execute(self._insert(trials).on_conflict_do_nothing(index_elements=["trial_id"]), todo)
+                # One key set for every row: an executemany takes its columns from the
+                # first row, so a column only later rows give would be dropped silently.
+                keys = sorted({k for r in todo for k in r if not k.startswith("_")})
+                conn.execute(self._insert(trials).on_conflict_do_nothing(index_elements=["trial_id"]),
+                             [{k: r.get(k) for k in keys} for r in todo])
         return len(todo)
 
     def dispose(self) -> None:
@@ -524,6 +585,21 @@ def _metric_row(trial_id: str, r: dict) -> dict:
                 train_loss=_finite_or_none(r.get("train_loss")), heldout_loss=_finite_or_none(r.get("heldout_loss")),
                 heldout_accuracy=_finite_or_none(r.get("heldout_accuracy")), lr=_finite_or_none(r.get("lr")),
                 wall_time=_finite_or_none(r.get("wall_time")))
+
+
+def _differing_results(old: dict, new: dict) -> list[str]:
+    """Result columns given in `new` whose value differs from the stored row's."""
+    out = []
+    for k in record.names(role="result"):
+        a, b = old.get(k), new.get(k)
+        if a is None or b is None:  # a result one side does not state is no conflict
+            continue
+        if isinstance(b, float) and isinstance(a, (int, float)):
+            if not math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0):
+                out.append(k)
+        elif a != b:
+            out.append(k)
+    return out
 
 
 def _finite_or_none(v):

@@ -122,3 +122,36 @@ def test_result_only_columns_do_not_change_an_imported_trial_id(store_url, tmp_p
     richer = dict(GOOD, flops_per_example=1.9e10, heldout_accuracy=0.5)
     assert import_file(store, write(tmp_path, [richer], "rich.csv"), sweep="s") == (1, 0)
     store.dispose()
+
+
+def test_a_column_only_a_later_row_gives_is_kept(tmp_path):
+    """Rows of one file with different columns: an executemany used to take its columns
+    from the first row, dropping the later rows' extra columns silently."""
+    store = Store(f"sqlite:///{tmp_path / 'runs.db'}")
+    rows = [GOOD, dict(GOOD, lr=0.8, seed=3, resolution=64, epochs=2.0, dataset="jft")]
+    path = tmp_path / "mixed.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    assert import_file(store, path, sweep="m") == (2, 2)
+    got = {r["lr"]: r for r in store.rows()}
+    assert (got[0.8]["seed"], got[0.8]["resolution"], got[0.8]["epochs"], got[0.8]["dataset"]) == (3, 64, 2.0, "jft")
+    assert got[0.4]["seed"] is None and got[0.4]["resolution"] is None
+    store.dispose()
+
+
+def test_export_imports_back_to_the_same_trials_and_conflicts_are_refused(store_url, tmp_path):
+    store = Store(store_url, results_dir=tmp_path)
+    rows = [GOOD, dict(GOOD, lr=0.8, heldout_loss=2.4), dict(GOOD, lr=1.6, heldout_loss=2.6)]
+    assert import_file(store, write(tmp_path, rows), sweep="mine") == (3, 3)
+    out = tmp_path / "out.csv"
+    assert export_file(store, out) == 3
+    assert import_file(store, out) == (3, 0)  # not 6 trials
+    assert len(store.rows()) == 3
+    # the same run twice in one file counts once; with another result it is refused
+    assert import_file(store, write(tmp_path, [GOOD, GOOD], "dup.csv"), sweep="d") == (1, 1)
+    before = store.rows()
+    with pytest.raises(BadInput, match=r"^heldout_loss: row 2 .* trial [0-9a-f]{12} with 2\.5"):
+        import_file(store, write(tmp_path, [dict(GOOD, heldout_loss=9.0)], "clash.csv"), sweep="mine")
+    with pytest.raises(BadInput, match=r"^heldout_loss: rows 2 and 3 are the same run"):
+        import_file(store, write(tmp_path, [GOOD, dict(GOOD, heldout_loss=9.0)], "clash2.csv"), sweep="n")
+    assert store.rows() == before
+    store.dispose()

@@ -16,12 +16,34 @@ from scaling import units
 from scaling.errors import BadInput, closest
 
 # Where the persistent XLA compilation cache lives unless the user says otherwise
-# (DESIGN.md: results/ is the default home of everything the program writes).
+# (results/ is the default home of everything the program writes:
+# docs/references.md#layout-and-dependency-direction).
 DEFAULT_COMPILE_CACHE = "results/jax_cache"
 # Compute dtypes of the activations; parameters and optimizer state are float32 in both.
-# bfloat16 is [B21]/[S23]'s setting on TPU (REFERENCE.md s2: "bf16 activations, fp32
-# params"); float16 is left out on purpose (it needs loss scaling).
+# bfloat16 is [B21]/[S23]'s setting on TPU (bf16 activations, fp32 params:
+# docs/references.md#precision); float16 is left out on purpose (it needs loss scaling).
 COMPUTE_DTYPES = ("float32", "bfloat16")
+
+# A field's role, declared once on the field (metadata) and read by everything else:
+#   identity     what the run computes: hashed into the trial id, must match on resume;
+#   operational  how the run is operated (checkpoint cadence, logging, paths): may change
+#                on resume and never changes a trial's id.
+# and two flags on top of the role:
+#   shape        selects a compiled train step (the sweep's shape key, the in-process
+#                compiled-step cache); the learning rate and run length never do;
+#   grid         set by a sweep's grid or top level, so a spec's [recipe] may not set it.
+IDENTITY = "identity"
+OPERATIONAL = "operational"
+ROLES = (IDENTITY, OPERATIONAL)
+
+
+def _f(default: Any, role: str, *, shape: bool = False, grid: bool = False):
+    """A TrainConfig field with its declared role (`default` may be a factory: dict)."""
+    assert role in ROLES, role
+    meta = {"role": role, "shape": shape, "grid": grid}
+    if default is dict:
+        return field(default_factory=dict, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -52,32 +74,32 @@ class TrainConfig:
                  (docs/training.md, "Precision"). Slower on CPU; for GPU/TPU runs.
     """
 
-    model: str | None = None
-    depth_mult: float | None = None
-    width_mult: float | None = None
-    dataset: str = "procedural"
-    epochs: float | None = None
-    budget: float | None = None
-    unit: str | None = None
-    lr: float = 0.1
-    batch_size: int = 32
-    resolution: int | None = None
-    eval_resolution: int | None = None
-    seed: int = 0
-    optimizer: dict = field(default_factory=dict)
-    eval_points: int = 0
-    checkpoint_every_steps: int = 200
-    checkpoint_every_minutes: float = 10.0
-    workdir: str | None = None
-    compile_cache_dir: str | None = DEFAULT_COMPILE_CACHE
-    tensorboard: bool = False
-    hardware: str | None = None
-    utilization: float | None = None
-    log_indices: bool = False
-    data_workers: int = 0
-    # Added after trial ids were first published: a spec's trial config carries it only
-    # when the recipe sets it, so existing (float32) trial ids are unchanged.
-    compute_dtype: str = "float32"
+    # Each field declares its role once (see `_f` and the role constants above); the
+    # id, resume, compile-key and recipe lists below are derived from these declarations.
+    model: str | None = _f(None, IDENTITY, shape=True, grid=True)
+    depth_mult: float | None = _f(None, IDENTITY, shape=True, grid=True)
+    width_mult: float | None = _f(None, IDENTITY, shape=True, grid=True)
+    dataset: str = _f("procedural", IDENTITY, shape=True, grid=True)
+    epochs: float | None = _f(None, IDENTITY, grid=True)
+    budget: float | None = _f(None, IDENTITY, grid=True)
+    unit: str | None = _f(None, IDENTITY, grid=True)
+    lr: float = _f(0.1, IDENTITY, grid=True)
+    batch_size: int = _f(32, IDENTITY, shape=True, grid=True)
+    resolution: int | None = _f(None, IDENTITY, shape=True, grid=True)
+    eval_resolution: int | None = _f(None, IDENTITY, shape=True, grid=True)
+    seed: int = _f(0, IDENTITY, grid=True)
+    optimizer: dict = _f(dict, IDENTITY, shape=True)
+    eval_points: int = _f(0, OPERATIONAL)
+    checkpoint_every_steps: int = _f(200, OPERATIONAL)
+    checkpoint_every_minutes: float = _f(10.0, OPERATIONAL)
+    workdir: str | None = _f(None, OPERATIONAL, grid=True)
+    compile_cache_dir: str | None = _f(DEFAULT_COMPILE_CACHE, OPERATIONAL)
+    tensorboard: bool = _f(False, OPERATIONAL)
+    hardware: str | None = _f(None, IDENTITY)
+    utilization: float | None = _f(None, IDENTITY)
+    log_indices: bool = _f(False, OPERATIONAL)
+    data_workers: int = _f(0, OPERATIONAL)
+    compute_dtype: str = _f("float32", IDENTITY, shape=True)
 
     # ---- validation -------------------------------------------------------------
     def validate(self) -> "TrainConfig":
@@ -167,3 +189,39 @@ def _finite(v: Any) -> bool:
 def _positive_int(name: str, v: Any) -> None:
     if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
         raise BadInput(f"{name}: must be a positive integer, got {v!r}")
+
+
+# ---- lists derived from the declared roles (never written by hand) -------------------
+def _fields_where(pred) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if pred(f.metadata))
+
+
+IDENTITY_FIELDS = frozenset(_fields_where(lambda m: m["role"] == IDENTITY))
+OPERATIONAL_FIELDS = frozenset(_fields_where(lambda m: m["role"] == OPERATIONAL))
+SHAPE_FIELDS = _fields_where(lambda m: m["shape"])  # in declaration order
+GRID_OWNED = frozenset(_fields_where(lambda m: m["grid"]))
+
+
+def field_default(name: str) -> Any:
+    """The declared default of a TrainConfig field (a factory is called)."""
+    f = TrainConfig.__dataclass_fields__[name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def identity_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The identity fields of a (sparse) trial config that differ from their defaults.
+
+    This is what a trial id hashes (id version 2) and what a resume must match: an
+    operational field never enters it, and a field left at its default is the same as a
+    field absent, so adding a field with a default changes no existing id.
+    """
+    return {k: v for k, v in config.items()
+            if k in IDENTITY_FIELDS and v != field_default(k)}
+
+
+def shape_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The compile-shape fields of a trial config: grid-owned ones always (the grid sets
+    them in every trial), recipe ones only when they depart from their defaults (so a
+    shape field added later leaves every stored shape key as it was)."""
+    return {k: config.get(k) for k in SHAPE_FIELDS
+            if k in GRID_OWNED or config.get(k, field_default(k)) != field_default(k)}
