@@ -5,7 +5,7 @@ rate is computed by `learning_rate(step, ...)` from runtime arrays and applied b
 `apply_updates`. Why not put a schedule inside optax: a schedule closes over its peak
 LR and total steps, so every LR and epoch budget would compile a new train step.
 Here they are ordinary (traced) arguments of the jitted step, so ONE compilation per
-model shape serves the whole LR x epoch grid (DESIGN.md "Training").
+model shape serves the whole LR x epoch grid (docs/architecture.md#contracts-worth-knowing).
 
 Usage inside a jitted train step (`step`, `peak_lr`, `warmup_steps`, `total_steps`
 are arrays / Python numbers passed as arguments, never `static_argnums`):
@@ -35,61 +35,15 @@ import optax
 from scaling.errors import BadInput
 
 # Leaf names excluded from weight decay. [B21] s4 / official code: no decay on gains
-# and biases; skip gains are scalar gains of the same kind (issue 2, "Optimizer").
+# and biases (docs/references.md#imagenet-and-jft-300m-recipes); skip gains are scalar
+# gains of the same kind.
 NO_DECAY_NAMES = frozenset({"gain", "bias", "skip_gain"})
 # Submodule exempt from AGC: [B21] s4.1 clips every layer but the final linear one.
 CLASSIFIER_NAME = "classifier"
 
 
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    """Hyper-parameters of the recipe that are fixed per compilation.
-
-    The peak learning rate and the run length are NOT here: they are runtime inputs of
-    `learning_rate` (see module docstring).
-    """
-
-    momentum: float = 0.9  # [B21] JFT-300M / ImageNet recipe (REFERENCE.md s1, s2)
-    nesterov: bool = True  # [B21] (REFERENCE.md s1, s2)
-    agc_clip: float = 0.01  # lambda for batch 1024-4096, [B21] (REFERENCE.md s2)
-    agc_eps: float = 1e-3  # floor on ||W_i||, [B21] (REFERENCE.md s2)
-    # [B21] JFT-300M recipe (REFERENCE.md s1); [S23] does not state its JFT value.
-    # The ImageNet recipe uses 2e-5.
-    weight_decay: float = 1e-6
-    # Warmup as a FRACTION of the run's own total steps. [S23] does not state its JFT
-    # warmup (REFERENCE.md s1). A fraction (rather than [B21]'s 5 ImageNet epochs)
-    # keeps the schedule's shape identical across epoch budgets 0.25..8, so the tuned
-    # LRs of different budgets are comparable, and it stays valid for 0.25-epoch runs.
-    # 0.05 is our documented choice (5 of [B21]'s 360 ImageNet epochs is ~1.4%; JFT
-    # recipes commonly warm up a few percent of the run).
-    warmup_fraction: float = 0.05
-    # 0.0 for pre-training (not stated by [S23]; [B21] JFT-300M recipe lists none);
-    # 0.1 is the [B21] ImageNet recipe. Held-out loss is always measured WITHOUT it.
-    label_smoothing: float = 0.0
-
-    def __post_init__(self):
-        checks = {
-            "momentum": 0.0 <= self.momentum < 1.0,
-            "agc_clip": self.agc_clip > 0.0,
-            "agc_eps": self.agc_eps > 0.0,
-            "weight_decay": self.weight_decay >= 0.0,
-            "warmup_fraction": 0.0 <= self.warmup_fraction < 1.0,
-            "label_smoothing": 0.0 <= self.label_smoothing < 1.0,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                value = getattr(self, name)
-                raise BadInput(
-                    f"{name}: {value!r} is out of range; use momentum/warmup_fraction/"
-                    "label_smoothing in [0, 1), agc_clip/agc_eps > 0, weight_decay >= 0"
-                )
-
-    def warmup_steps(self, total_steps: int) -> int:
-        """Warmup length of a run of `total_steps` updates (a Python int, not traced)."""
-        if total_steps < 1:
-            raise BadInput(f"total_steps: {total_steps} < 1; a run needs at least one step")
-        # Capped at total_steps - 1 so that at least one update runs at the peak LR.
-        return min(int(round(self.warmup_fraction * total_steps)), total_steps - 1)
+# The recipe's typed config lives in a jax-free module (sweeps validate it at expansion).
+from scaling.optim_config import OptimConfig  # noqa: E402,F401  (re-exported)
 
 
 # --------------------------------------------------------------------------- masks
@@ -119,7 +73,8 @@ def weight_decay_mask(params) -> Any:
     """True where weight decay applies: every leaf except gains, biases, skip gains.
 
     Decayed: conv/SE/classifier kernels. [B21]: decay is not applied to gains and
-    biases (REFERENCE.md s2); skip gains are excluded as gains too.
+    biases (docs/references.md#imagenet-and-jft-300m-recipes); skip gains are excluded as
+    gains too.
     """
     return jax.tree_util.tree_map_with_path(
         lambda path, _: _leaf_name(_path_names(path)) not in NO_DECAY_NAMES, params
@@ -129,8 +84,8 @@ def weight_decay_mask(params) -> Any:
 def agc_mask(params) -> Any:
     """True where AGC applies: every leaf outside the `classifier` submodule.
 
-    The classifier KERNEL is exempt per [B21] (REFERENCE.md s2). We exempt the
-    classifier BIAS too: [B21] exempts the final linear layer as a whole, and the bias
+    The classifier KERNEL is exempt per [B21] (docs/references.md#adaptive-gradient-clipping).
+    We exempt the classifier BIAS too: [B21] exempts the final linear layer as a whole, and the bias
     starts at 0, so AGC would cap its step at agc_clip * agc_eps (1e-5) and all but
     freeze it. Every other 1-D leaf (gains, biases, skip gains) IS clipped, each leaf
     as one unit (see `unit_norm`), as in [B21]'s official code.
@@ -165,8 +120,9 @@ def unit_norm(x: jnp.ndarray) -> jnp.ndarray:
 
 
 def adaptive_grad_clip(clipping: float, eps: float = 1e-3) -> optax.GradientTransformation:
-    """AGC [B21] (REFERENCE.md s2): per unit i, if ||G_i|| > clipping * max(||W_i||, eps)
-    rescale G_i to that norm. Stateless; needs `params`."""
+    """AGC [B21] (docs/references.md#adaptive-gradient-clipping): per unit i, if
+    ||G_i|| > clipping * max(||W_i||, eps) rescale G_i to that norm. Stateless; needs
+    `params`."""
 
     def update_fn(updates, state, params=None):
         if params is None:
@@ -188,7 +144,8 @@ def make_optimizer(cfg: OptimConfig = OptimConfig()) -> optax.GradientTransforma
     """AGC (not on the classifier) -> + weight_decay * W (not on gains/biases/skip
     gains) -> (Nesterov) momentum trace. Returns the direction; the caller multiplies
     by the learning rate (`apply_updates`). Order per [B21]: AGC acts on the
-    cross-device gradient before weight decay and momentum (REFERENCE.md s2)."""
+    cross-device gradient before weight decay and momentum
+    (docs/references.md#adaptive-gradient-clipping)."""
     return optax.chain(
         optax.masked(adaptive_grad_clip(cfg.agc_clip, cfg.agc_eps), agc_mask),
         optax.masked(optax.add_decayed_weights(cfg.weight_decay), weight_decay_mask),

@@ -232,8 +232,11 @@ def describe_model(ref: ModelRef, *, num_classes: int, resolution: int) -> Model
 
 # ---------------------------------------------------------------- parsing
 
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a spec file; a bare name ("demo") means a bundled spec."""
+def load_spec(path: str | Path, *, require_data: bool = False) -> SweepSpec:
+    """Read and validate a spec file; a bare name ("demo") means a bundled spec.
+
+    `require_data`: the dataset must exist here (a run that trains); without it a dataset
+    at a path this machine lacks is taken on the spec's word (planning a pod's sweep)."""
     p = Path(path)
     if not p.exists() and (BUNDLED_DIR / f"{p.name}.toml").exists() and p.suffix == "":
         p = BUNDLED_DIR / f"{p.name}.toml"
@@ -244,10 +247,40 @@ def load_spec(path: str | Path) -> SweepSpec:
         data = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as err:
         raise BadInput(f"spec: {p} is not valid TOML ({err}); fix the syntax") from None
-    return parse_spec(data, default_name=p.stem)
+    return parse_spec(data, default_name=p.stem, require_data=require_data)
 
 
-def parse_spec(data: dict, *, default_name: str = "sweep") -> SweepSpec:
+# What a spec may state about its data, and the Dataset attribute it must agree with.
+# `resolution` is the training resolution: it defaults to the data's native one but may
+# differ from it (real images are resized), so it is derived, never compared.
+DATASET_FACTS = {"num_classes": "num_classes", "train_examples": "train_size",
+                 "heldout_examples": "heldout_size", "resolution": "native_resolution"}
+_COMPARED = ("num_classes", "train_examples", "heldout_examples")
+_PATH_KINDS = ("folder", "arrayrecord", "cifar10", "cifar100")  # dataset kinds that name a path
+
+
+def dataset_facts(dataset: str, *, require: bool):
+    """Open the dataset far enough to know its classes and sizes (no pixels are read).
+
+    A dataset whose location does not exist on this machine (a pod's path, planned from a
+    laptop) gives None unless `require` (a run that will train on it): then its error.
+    """
+    from scaling.data.dataset import get_dataset
+
+    kind, _, location = dataset.partition(":")
+    kind = kind.strip().lower()
+    if not require and (kind == "tfds" or (kind in _PATH_KINDS and location)):
+        import glob
+
+        if kind == "tfds" or not glob.glob(location):
+            return None
+    try:
+        return get_dataset(dataset)
+    except BadInput as err:
+        raise BadInput(f"dataset: {str(err).removeprefix('dataset: ')}") from None
+
+
+def parse_spec(data: dict, *, default_name: str = "sweep", require_data: bool = False) -> SweepSpec:
     _check_keys(data, TOP_KEYS, "")
     name = data.get("name", default_name)
     if not isinstance(name, str) or not name.strip():
@@ -257,15 +290,24 @@ def parse_spec(data: dict, *, default_name: str = "sweep") -> SweepSpec:
     dataset = data["dataset"]
     if not isinstance(dataset, str) or not dataset:
         raise BadInput("dataset: must be a dataset spec string; e.g. dataset = \"procedural\"")
-    for key in ("num_classes", "batch_size", "resolution"):
-        if key not in data:
-            raise BadInput(f"{key}: missing; add it to the top level of the spec")
-    num_classes = _positive_int(data["num_classes"], "num_classes")
+    if "batch_size" not in data:
+        raise BadInput("batch_size: missing; add it to the top level of the spec")
     batch_size = _positive_int(data["batch_size"], "batch_size")
-    resolution = _positive_int(data["resolution"], "resolution")
+    facts = dataset_facts(dataset, require=require_data)
+    stated = {k: _positive_int(data[k], k) for k in DATASET_FACTS if k in data}
+    derived = {}
+    for key, attr in DATASET_FACTS.items():
+        have = getattr(facts, attr) if facts is not None else None
+        if key in _COMPARED and key in stated and have is not None and stated[key] != have:
+            raise BadInput(f"{key}: the spec says {stated[key]} but dataset {dataset!r} has {have}; "
+                           f"remove {key} (it is read from the dataset) or make the two agree")
+        derived[key] = stated.get(key, have)
+    for key in ("num_classes", "resolution"):
+        if derived[key] is None:
+            raise BadInput(f"{key}: missing, and dataset {dataset!r} does not say it; add it to the top level")
+    num_classes, resolution = derived["num_classes"], derived["resolution"]
     eval_resolution = _positive_int(data.get("eval_resolution", resolution), "eval_resolution")
-    train_examples = _positive_int(data["train_examples"], "train_examples") if "train_examples" in data else None
-    heldout_examples = _positive_int(data["heldout_examples"], "heldout_examples") if "heldout_examples" in data else None
+    train_examples, heldout_examples = derived["train_examples"], derived["heldout_examples"]
     seeds_raw = data.get("seeds", [0])
     seeds_raw = seeds_raw if isinstance(seeds_raw, list) else [seeds_raw]
     if not seeds_raw:

@@ -1,4 +1,5 @@
-"""The bfloat16 compute path: bf16 activations, float32 parameters (REFERENCE.md s2).
+"""The bfloat16 compute path: bf16 activations, float32 parameters
+(docs/references.md#precision).
 
 bf16 runs on CPU through XLA (slowly), so everything here is checked on the CI machine:
 which dtype each conv / matmul actually runs in (read from the jaxpr, no compile), how
@@ -232,7 +233,7 @@ def test_workdir_from_before_the_option_still_resumes(runs, tmp_path):
 
 
 def test_cli_bad_dtype_exits_2(tmp_path, capsys):
-    from scaling.cli import main
+    from study.cli import main
 
     try:
         rc = main(["train", "--depth-mult", "0.25", "--width-mult", "0.03125", "--epochs", "1",
@@ -257,13 +258,20 @@ def test_config_suggests_the_nearest_dtype():
 def test_spec_recipe_sets_the_dtype_and_leaves_float32_trial_ids_alone():
     from sweeps.spec import expand, parse_spec
 
-    base = {"name": "t", "dataset": "procedural", "num_classes": 10, "batch_size": 8, "resolution": 16,
+    base = {"name": "t", "dataset": "procedural:classes=10", "num_classes": 10, "batch_size": 8, "resolution": 16,
             "grid": {"depth_mults": [0.25], "width_mults": [0.03125], "epochs": [1], "lr": [0.4]}}
     (plain,) = expand(parse_spec(base))
     (bf16,) = expand(parse_spec({**base, "recipe": {"compute_dtype": "bfloat16"}}))
     # The field enters a trial's config (and so its id) only when the recipe sets it:
     # this id was computed before compute_dtype existed.
     assert "compute_dtype" not in plain.config
-    assert plain.trial_id == "15c18e74edd7265075caddf7184a1adee5265523e0cf796eedb316370d5eafa5"
+    # Pinned before compute_dtype existed (id version 1; the spec then said "procedural"
+    # with num_classes 10, which specs now refuse as a disagreement).
+    from sweeps.ids import legacy_trial_id
+
+    assert legacy_trial_id(plain.sweep, {**plain.config, "dataset": "procedural"}) == \
+        "15c18e74edd7265075caddf7184a1adee5265523e0cf796eedb316370d5eafa5"
+    (explicit,) = expand(parse_spec({**base, "recipe": {"compute_dtype": "float32"}}))
+    assert explicit.trial_id == plain.trial_id  # version 2: a default is the same as absent
     assert bf16.trial_id != plain.trial_id
     assert TrainConfig.from_dict(bf16.config).validate().compute_dtype == "bfloat16"

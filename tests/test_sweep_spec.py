@@ -13,7 +13,7 @@ from scaling.errors import BadInput
 from sweeps.spec import expand, load_spec, parse_spec
 
 BASE = {
-    "name": "t", "dataset": "procedural", "num_classes": 10, "batch_size": 8, "resolution": 16,
+    "name": "t", "dataset": "procedural:classes=10", "num_classes": 10, "batch_size": 8, "resolution": 16,
     "grid": {"depth_mults": [0.25], "width_mults": [0.03125], "epochs": [1, 2], "lr": {"centre": 0.4, "steps": 1}},
 }
 
@@ -65,12 +65,21 @@ def test_lr_list_and_canonical_model_names_give_one_trial_id():
     ({"recipe": {"lr": 0.1}}, r"^recipe\.lr: set by the grid"),
     ({"recipe": {"eval_pionts": 2}}, r"^recipe\.eval_pionts: unknown key; did you mean 'eval_points'\?"),
     ({"isoflop": {"budgets": [1e12], "lr": [0.1]}}, r"^grid: give exactly one of \[grid\] or \[isoflop\]"),
-    ({"grid": None, "isoflop": {"budgets": [1e12], "lr": [0.1], "depth_mults": [1], "width_mults": [1]}},
+    # a dataset this machine does not have (a pod's path): its size must be stated
+    ({"grid": None, "dataset": "arrayrecord:/nowhere/shards", "isoflop": {"budgets": [1e12], "lr": [0.1], "depth_mults": [1], "width_mults": [1]}},
      r"^train_examples: missing"),
-    ({"grid": None, "train_examples": 1000,
+    # the spec's numbers must agree with the dataset's
+    ({"num_classes": 12}, r"^num_classes: the spec says 12 but dataset 'procedural:classes=10' has 10; remove num_classes"),
+    ({"train_examples": 5, "dataset": "procedural:classes=10,train_size=64"},
+     r"^train_examples: the spec says 5 but dataset .* has 64"),
+    ({"heldout_examples": 7, "dataset": "procedural:classes=10,heldout=40"},
+     r"^heldout_examples: the spec says 7 but dataset .* has 40"),
+    ({"dataset": "procedural:clases=10"}, r"^dataset: unknown procedural option 'clases=10'"),
+    ({"dataset": "imagenet:/x"}, r"^dataset: unknown kind 'imagenet'"),
+    ({"grid": None, "train_examples": 1000, "dataset": "procedural:classes=10,train_size=1000",
       "isoflop": {"budgets": [1e3], "lr": [0.1], "depth_mults": [0.25], "width_mults": [0.03125]}},
      r"^isoflop\.budgets: 1000 flops buys .* steps of nfnet-d0\.25-w0\.03125 \(one step costs"),
-    ({"grid": None, "train_examples": 1000,
+    ({"grid": None, "train_examples": 1000, "dataset": "procedural:classes=10,train_size=1000",
       "isoflop": {"budgets": [1], "unit": "tpu-v4-cor-hours", "lr": [0.1], "depth_mults": [1], "width_mults": [1]}},
      r"^isoflop\.unit: unknown unit 'tpu-v4-cor-hours'; did you mean 'tpu-v4-core-hours'\?"),
 ])
@@ -81,7 +90,7 @@ def test_bad_specs_name_the_key_and_the_fix(changes, message):
 
 
 def test_isoflop_budgets_become_the_epochs_that_spend_them():
-    s = parse_spec(spec(grid=None, train_examples=1000, isoflop={
+    s = parse_spec(spec(grid=None, train_examples=1000, dataset="procedural:classes=10,train_size=1000", isoflop={
         "budgets": [1e12, 4e12], "unit": "flops", "lr": [0.1], "depth_mults": [0.25, 0.5], "width_mults": [0.0625]}))
     trials = expand(s)
     assert len(trials) == 4
@@ -106,12 +115,13 @@ def test_paper_spec_is_the_published_grid():
 
 
 def test_paper_plan_reports_tpu_v4_core_hours():
-    out = subprocess.run([sys.executable, "-m", "scaling.cli", "sweep", "plan", "paper", "--json"],
+    out = subprocess.run([sys.executable, "-m", "study.cli", "sweep", "plan", "paper", "--json"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     plan = json.loads(out.stdout)
     assert plan["trials"] == 180 and plan["unit"] == "tpu-v4-core-hours"
-    # F7+ at 8 epochs alone is ~1.9e22 FLOPs ~ 110k v4 core-hours at 36% (REFERENCE.md s4),
+    # F7+ at 8 epochs alone is ~1.9e22 FLOPs ~ 110k v4 core-hours at 36%
+    # (docs/references.md#implied-utilisation-of-the-largest-run),
     # so the whole grid is a few million core-hours.
     assert 1e6 < plan["compute"] < 1e7 and math.isfinite(plan["train_flops"])
 
@@ -132,9 +142,9 @@ def test_bundled_small_specs_validate(name):
 
 def test_cli_bad_spec_exits_2_with_one_line(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('name = "x"\ndataset = "procedural"\nnum_classes = 10\nbatch_size = 8\nresolution = 16\n'
+    bad.write_text('name = "x"\ndataset = "procedural:classes=10"\nnum_classes = 10\nbatch_size = 8\nresolution = 16\n'
                    '[grid]\nmodels = ["F0"]\nepochs = [1]\nlr = [0.1]\nlearning_rate = 1\n')
-    out = subprocess.run([sys.executable, "-m", "scaling.cli", "sweep", "run", str(bad), "--store",
+    out = subprocess.run([sys.executable, "-m", "study.cli", "sweep", "run", str(bad), "--store",
                           f"sqlite:///{tmp_path / 'runs.db'}"], capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.startswith("error: grid.learning_rate: unknown key; ")
@@ -144,7 +154,7 @@ def test_cli_bad_spec_exits_2_with_one_line(tmp_path):
 
 def test_dry_run_prints_the_grid_and_touches_no_store(tmp_path):
     db = tmp_path / "runs.db"
-    out = subprocess.run([sys.executable, "-m", "scaling.cli", "sweep", "run", "demo", "--dry-run", "--json",
+    out = subprocess.run([sys.executable, "-m", "study.cli", "sweep", "run", "demo", "--dry-run", "--json",
                           "--store", f"sqlite:///{db}"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     plan = json.loads(out.stdout)

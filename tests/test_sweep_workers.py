@@ -113,7 +113,7 @@ def test_killed_workers_lose_nothing_and_results_match(store_url, tmp_path):
 
 
 def spec_dict(**grid) -> dict:
-    return {"name": "ext", "dataset": "procedural", "num_classes": 10, "batch_size": 8, "resolution": 16,
+    return {"name": "ext", "dataset": "procedural:classes=10", "num_classes": 10, "batch_size": 8, "resolution": 16,
             "grid": {"depth_mults": [0.25], "width_mults": [0.03125], **grid},
             "lr_extension": {"enabled": True, "max_steps": 2}}
 
@@ -177,7 +177,7 @@ def test_cli_run_status_export_import(tmp_path):
     env = worker_env()
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "scaling.cli", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "study.cli", *args], capture_output=True, text=True,
                               env=env, timeout=300)
 
     out = cli("sweep", "run", "smoke", "--store", url, "--workers", "2", "--trainer", FAKE, "--json")

@@ -14,6 +14,7 @@ from typing import Any
 
 from scaling import units
 from scaling.errors import BadInput, closest
+from scaling.optim_config import OptimConfig
 
 # Where the persistent XLA compilation cache lives unless the user says otherwise
 # (results/ is the default home of everything the program writes:
@@ -104,6 +105,7 @@ class TrainConfig:
     # ---- validation -------------------------------------------------------------
     def validate(self) -> "TrainConfig":
         """Raise BadInput (one line: field, problem, fix) on anything unusable."""
+        self._check_plain_types()
         if self.model is None and (self.depth_mult is None or self.width_mult is None):
             raise BadInput("model: give a preset name (e.g. --model F0) or both --depth-mult and --width-mult")
         if self.model is not None and (self.depth_mult is not None or self.width_mult is not None):
@@ -150,9 +152,20 @@ class TrainConfig:
             raise BadInput(f"compute_dtype: {self.compute_dtype!r} is not supported; "
                            f"{closest(self.compute_dtype, COMPUTE_DTYPES)}"
                            f"use one of {', '.join(COMPUTE_DTYPES)}")
-        if not isinstance(self.optimizer, dict):
-            raise BadInput("optimizer: must be a table of OptimConfig fields, e.g. {\"weight_decay\": 0.0}")
+        OptimConfig.from_dict(self.optimizer)  # typed: unknown keys, types, ranges
         return self
+
+    def _check_plain_types(self) -> None:
+        """Flags must be booleans and names strings: a TOML `tensorboard = "no"` or
+        `hardware = 4` would otherwise pass as truthy or fail deep inside a trial."""
+        for f in dataclasses.fields(self):
+            v, kind = getattr(self, f.name), str(f.type)
+            if kind == "bool" and not isinstance(v, bool):
+                raise BadInput(f"{f.name}: {v!r} is not true or false; write it without quotes")
+            if kind.startswith("str") and not (isinstance(v, str) or (v is None and "None" in kind)):
+                raise BadInput(f"{f.name}: {v!r} is not a string; write it in quotes")
+            if kind.startswith("int") and v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise BadInput(f"{f.name}: {v!r} is not a whole number")
 
     # ---- JSON -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
