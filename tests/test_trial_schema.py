@@ -211,3 +211,30 @@ def test_a_field_declared_once_reaches_id_store_import_export_and_analysis(tmp_p
     assert got == {"ids_differ": True, "in_config": 3, "shape_differs": True, "stored_config": 3,
                    "imported": [1, 1], "exported": [7.5], "analysis": [7.5]}
     assert not math.isnan(got["analysis"][0])
+
+
+@pytest.mark.parametrize("recipe_line, message", [
+    ("optimizer = { agc_clp = 0.04 }", r"^error: recipe\.optimizer\.agc_clp: unknown field; did you mean 'agc_clip'\?"),
+    ("optimizer = { momentum = 1.5 }", r"^error: recipe\.optimizer\.momentum: 1\.5 is out of range; use a value in \[0, 1\)"),
+    ('optimizer = { nesterov = "false" }', r"^error: recipe\.optimizer\.nesterov: 'false' is not true or false"),
+    ('optimizer = { momentum = "0.9" }', r"^error: recipe\.optimizer\.momentum: '0\.9' is not a number"),
+    ("optimizer = { weight_decay = 1e400 }", r"^error: recipe\.optimizer\.weight_decay: inf is not finite"),
+    ('tensorboard = "no"', r"^error: recipe\.tensorboard: 'no' is not true or false"),
+    ("eval_points = -1", r"^error: recipe\.eval_points: must be a non-negative integer"),
+])
+@pytest.mark.parametrize("command", [["sweep", "plan"], ["sweep", "run", "--workers", "0"]])
+def test_bad_recipe_values_exit_2_before_the_store_is_touched(tmp_path, recipe_line, message, command):
+    text = (REPO / "sweeps" / "specs" / "smoke.toml").read_text()
+    spec = tmp_path / "bad.toml"
+    spec.write_text(text.replace("[recipe]", "[recipe]\n" + recipe_line, 1))
+    db = tmp_path / "runs.db"
+    Store(f"sqlite:///{db}").dispose()
+    before = db.read_bytes()
+    scaling = Path(sys.executable).parent / "scaling"
+    out = subprocess.run([str(scaling), *command, str(spec), *(["--store", f"sqlite:///{db}"] if "run" in command else [])],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert __import__("re").match(message, lines[0]), lines[0]
+    assert db.read_bytes() == before
