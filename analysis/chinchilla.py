@@ -2,14 +2,16 @@
 
 L(N, D) = E + A/N^alpha + B/D^beta, N = parameters, D = training examples seen, fitted as
 log L_hat = LSE(a - alpha log N, b - beta log D, e) with the summed Huber loss (delta 1e-3)
-from the [H22] initialisation grid (REFERENCE.md s3). Intervals: a parametric bootstrap at
+from the [H22] initialisation grid (docs/references.md#approach-3-a-parametric-law-in-n-and-d).
+Intervals: a parametric bootstrap at
 the fitted points with a small-sample noise scale, withheld when the design has < 3 model
 sizes or < 3 data sizes (see fit_approach3 and docs/analysis.md for measured coverage).
 
 Compute is NOT 6 N D for ConvNets: FLOPs per example depend on depth, width and
 resolution. Between family members we fit F(N) = c N^gamma (forward FLOPs/example against
 params, log-log least squares over the models measured), so a run costs C = 3 F(N) D
-(train = 3 x forward, DESIGN.md). Minimising L along C = 3 c N^gamma D gives
+(train = 3 x forward, docs/units.md#three-records-per-run). Minimising L along
+C = 3 c N^gamma D gives
   N_opt = [alpha A / (gamma beta B)]^(1/(alpha + gamma beta)) (C / 3c)^(beta / (alpha + gamma beta))
   D_opt = C / (3 c N_opt^gamma),   exponents a_N = beta/(alpha+gamma beta), a_D = alpha/(alpha+gamma beta)
 which is [H22]'s frontier when gamma = 1 and 3c = 6.
@@ -25,7 +27,7 @@ import pandas as pd
 from analysis import fitting
 
 NAMES = ("E", "A", "B", "alpha", "beta")
-# [H22] Approach 3 initialisation grid (REFERENCE.md s3).
+# [H22] Approach 3 initialisation grid (docs/references.md#approach-3-a-parametric-law-in-n-and-d).
 INIT_GRID = np.array([
     (a, b, e, al, be)
     for al, be, e, a, b in itertools.product(np.arange(0, 2.01, 0.5), np.arange(0, 2.01, 0.5),

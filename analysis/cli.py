@@ -1,4 +1,5 @@
-"""`scaling analyze` and `scaling plan` (mounted by scaling/cli.py).
+"""`scaling analyze` and `scaling plan`, defined here; the `scaling` entry point (study/cli.py)
+mounts them with `register(app)`.
 
 Heavy imports (pandas, scipy, matplotlib) happen inside the commands; `plan` never
 imports matplotlib. Bad input raises BadInput (exit 2); "nothing can be said" raises
@@ -13,10 +14,9 @@ from typing import Optional
 import typer
 
 from scaling.errors import BadInput, RuntimeFailure
+from sweeps.options import DEFAULT_URL  # the results store (docs/references.md#results-store)
 
-DEFAULT_STORE = "sqlite:///results/runs.db"  # DESIGN.md, results store
-
-_STORE = typer.Option(None, "--store", help=f"Results store URL (default {DEFAULT_STORE}).")
+_STORE = typer.Option(None, "--store", help=f"Results store URL (default {DEFAULT_URL}).")
 _CSV = typer.Option(None, "--csv", help="CSV of runs (columns as `scaling results import`).")
 _DATASET = typer.Option(None, "--dataset", help="Analyse only runs on this dataset.")
 
@@ -25,7 +25,7 @@ def _load(store, csv, dataset):
     from analysis.load import load_runs
 
     if store is None and csv is None:
-        store = DEFAULT_STORE
+        store = DEFAULT_URL
     return load_runs(store=store, csv=csv, dataset=dataset)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-DEFAULT_RESOLUTION = 224  # [S23] trains at 224x224 (REFERENCE.md s1)
+DEFAULT_RESOLUTION = 224  # [S23] trains at 224x224 (docs/references.md#models-and-data)
 # Depth multipliers searched, 1/8 to 16 (F7 is depth 8): short decimals so the names
 # (scaling.models.config.model_name) stay readable and round-trip through get_config.
 DEPTHS = (0.125, 0.25, 0.375, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 2.5, 3, 3.5, 4, 5, 6, 7, 8, 10, 12, 14, 16)
@@ -91,7 +91,8 @@ def candidates(runs: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
             cfg = get_config(base + plus, num_classes=num_classes)
             params, flops = _count(cfg, resolution)
             rows.append({"name": base + plus, "depth_mult": cfg.depth_mult,
-                         # "+" widens stages unevenly (REFERENCE.md s1): no single multiplier
+                         # "+" widens stages unevenly: no single multiplier
+                         # (docs/references.md#depths-and-widths-of-the-variants)
                          "width_mult": float("nan") if plus else 1.0, "params": params,
                          "flops_per_example": flops, "named": True})
     return pd.DataFrame(rows), resolution, num_classes

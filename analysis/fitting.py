@@ -1,7 +1,8 @@
 """Robust fits of log-sum-exp laws in log space, batched over starts and bootstrap resamples.
 
 Every law this package fits has the form  log L_hat = logsumexp_j (X_j @ theta)  with
-each term linear in the parameters (REFERENCE.md s3, the [H22] LSE form):
+each term linear in the parameters (the [H22] LSE form,
+docs/references.md#approach-3-a-parametric-law-in-n-and-d):
   L = k C^-b            -> one term  [1, -log C]
   L = E + k C^-b        -> two terms [1, 0, 0] (e = log E) and [0, 1, -log C]
   L = E + A/N^a + B/D^b -> three terms.
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-HUBER_DELTA = 1e-3  # [H22] Approach 3, REFERENCE.md s3
+HUBER_DELTA = 1e-3  # [H22] Approach 3, docs/references.md#approach-3-a-parametric-law-in-n-and-d
 # Gradient infinity-norm below which a fit counts as converged. Huber gradients scale with
 # delta (1e-3) times the number of points, so 1e-8 is 5+ orders below any real slope.
 GRAD_TOL = 1e-8

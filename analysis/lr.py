@@ -1,6 +1,7 @@
 """Optimal learning rate per (model, epoch budget) and its trend with epochs ([S23] Fig. 3).
 
-The paper tunes the base lr on a grid spaced by factors of 2 (REFERENCE.md s1). Here the
+The paper tunes the base lr on a grid spaced by factors of 2
+(docs/references.md#epoch-budgets-and-the-learning-rate-grid). Here the
 optimum is the vertex of the parabola in log2(lr) through the best grid point and its two
 neighbours (seeds averaged first); when the best point is at the end of the grid the
 optimum is not bracketed, so the grid point is used and the row is flagged `edge`.

@@ -13,7 +13,7 @@ import pandas as pd
 
 from analysis import chinchilla, fitting, frontier, lr
 
-DEFAULT_RESAMPLES = 1000  # issue 6: at least 1000 bootstrap resamples
+DEFAULT_RESAMPLES = 1000  # at least 1000 bootstrap resamples (docs/analysis.md#methods)
 DEFAULT_LEVEL = 0.95
 # Below these the fit "rests on few points" and every output says so (one WARNING line).
 # Sizes: 3 distinct values identify the N exponent, with nothing left to check the law's

@@ -5,8 +5,8 @@ the family member closest to N_opt (and the nearest named preset), its epoch bud
 (the budget spent on that member's OWN FLOPs per example), its peak lr from the pooled lr
 law (with an interval), and its predicted held-out loss with a bootstrap interval.
 
-Speed (< 1 s, issue 6): the planner fits only what it needs (lr optima, Approach 3)
-with PLAN_RESAMPLES bootstrap resamples instead of the report's 1000 (enough for a
+Speed (target < 1 s, docs/analysis.md#planner): the planner fits only what it needs
+(lr optima, Approach 3) with PLAN_RESAMPLES bootstrap resamples instead of the report's 1000 (enough for a
 95% percentile interval of a prediction), skips the L-BFGS-B polish (the batched
 solver already converges to a 1e-10 step; skipping it avoids importing scipy.optimize)
 and never imports matplotlib. Measured in bench/bench_analysis.py.
@@ -79,7 +79,7 @@ def plan(a: Analysis, budget: float, unit: str, extrapolate: bool = False, utili
         examples = budget * size
         flops = 3.0 * member["flops_per_example"] * examples
     else:  # the user fixed the compute: spend it on the member's own FLOPs per example
-        examples = flops / (3.0 * member["flops_per_example"])  # train = 3 x forward (DESIGN.md)
+        examples = flops / (3.0 * member["flops_per_example"])  # train = 3 x forward (docs/units.md#three-records-per-run)
     epochs = examples / size if math.isfinite(size) else float("nan")
     batch = a.batch_size
     if math.isfinite(batch) and examples < batch:

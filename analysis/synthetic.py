@@ -1,8 +1,8 @@
 """Synthetic runs drawn from known laws, for tests and the benchmark.
 
-Model sizes and FLOPs per example are the published NFNet family (REFERENCE.md s2,
-[B21] Table 3: params and MACs at test resolution), so (params, FLOPs/example) pairs are
-realistic for a ConvNet (FLOPs/example is NOT proportional to params). The held-out loss
+Model sizes and FLOPs per example are the published NFNet family
+(docs/references.md#table-3-parameters-and-macs, [B21] Table 3: params and MACs at test
+resolution), so (params, FLOPs/example) pairs are realistic for a ConvNet (FLOPs/example is NOT proportional to params). The held-out loss
 at the optimal learning rate follows L(N, D) = E + A/N^alpha + B/D^beta; off the optimum
 it grows quadratically in log2(lr); the optimal lr falls with epochs, faster for bigger
 models ([S23] Figure 3: about 1.6 at small budgets); too high a lr diverges.
@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-# [B21] Table 3 (REFERENCE.md s2): name, depth multiplier, params, MACs (test resolution).
+# [B21] Table 3 (docs/references.md#table-3-parameters-and-macs): name, depth multiplier,
+# params, MACs (test resolution).
 NFNET_TABLE3 = pd.DataFrame(
     [("F0", 1, 71.5e6, 12.38e9), ("F1", 2, 132.6e6, 35.54e9), ("F2", 3, 193.8e6, 62.59e9),
      ("F3", 4, 254.9e6, 114.76e9), ("F4", 5, 316.1e6, 215.24e9), ("F5", 6, 377.2e6, 289.76e9),
@@ -20,9 +21,9 @@ NFNET_TABLE3 = pd.DataFrame(
     columns=["model", "depth_mult", "params", "macs"],
 )
 
-# Chinchilla refit by [E24] (REFERENCE.md s3), used as a plausible "true" law.
+# Chinchilla refit by [E24] (docs/references.md#the-chinchilla-refit), used as a plausible "true" law.
 TRUE_LAW = {"E": 1.82, "A": 482.0, "B": 2085.0, "alpha": 0.348, "beta": 0.366}
-DATASET_SIZE = 4e9  # JFT-4B, [S23] (REFERENCE.md s1)
+DATASET_SIZE = 4e9  # JFT-4B, [S23] (docs/references.md#models-and-data)
 EPOCHS = (0.25, 0.5, 1, 2, 4, 8)  # [S23] epoch budgets
 BATCH = 4096  # [S23]
 
@@ -39,13 +40,14 @@ def true_lr_opt(params, epochs):
 
 def make_runs(models=("F0", "F1", "F2", "F3", "F4", "F5", "F6"), epochs=EPOCHS, lr_grid=None, seeds=1,
               noise=0.01, lr_curvature=0.02, dataset_size=DATASET_SIZE, seed=0, law=TRUE_LAW) -> pd.DataFrame:
-    """One row per trial, with the CSV-import columns (DESIGN.md) plus status."""
+    """One row per trial, with the CSV-import columns (docs/sweeps.md#import--export) plus
+    status."""
     rng = np.random.default_rng(seed)
     lr_grid = 2.0 ** np.arange(-4, 3) if lr_grid is None else np.asarray(lr_grid)
     table = NFNET_TABLE3.set_index("model").loc[list(models)]
     rows = []
     for name, m in table.iterrows():
-        fwd = 2.0 * m["macs"]  # 2 FLOPs per MAC (DESIGN.md)
+        fwd = 2.0 * m["macs"]  # 2 FLOPs per MAC (docs/units.md#three-records-per-run)
         for ep in epochs:
             examples = ep * dataset_size
             best = true_loss(m["params"], examples, law)

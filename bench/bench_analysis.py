@@ -1,5 +1,5 @@
 """Benchmark: the full analysis over ~1000 synthetic trials with 1000 bootstrap resamples
-(target < 10 s on the 2-core dev machine) and the planner (target < 1 s), issue 6.
+(target < 10 s on the 2-core dev machine) and the planner (target < 1 s).
 
 The "peer" is the target; for scale we also time a naive version of the frontier and
 Approach 3 fits: scipy `curve_fit` (plain least squares, one start) refitted in a Python

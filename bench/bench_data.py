@@ -1,9 +1,9 @@
-"""Data-pipeline throughput vs the training step it must feed (issue 3).
+"""Data-pipeline throughput vs the training step it must feed.
 
 Prints images/s of a jitted train step (forward + backward + SGD update) of the
 smallest demo NFNet (sweeps/specs/demo.toml: depth 0.25, width 1/32), then images/s of
 `train_iterator` on the procedural dataset with 0, 1 and 2 worker processes, measured in
-the same run on the same machine, and the ratios. The issue asks for >= 3x. Two rates
+the same run on the same machine, and the ratios. The target is >= 3x. Two rates
 per worker count, never one without the other:
 
 - render: a 1e6-image train split (too big for the render cache), so every image is

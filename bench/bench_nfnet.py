@@ -23,7 +23,7 @@ import sys
 import time
 
 # name -> (depth_mult, width_mult, resolution). The 32x32 four span ~60x in params
-# (0.28M .. 17M, the sizes of issue 2's probe); d1-w0.25-r64 is the larger-map case.
+# (0.28M .. 17M, the sizes of an earlier quick probe); d1-w0.25-r64 is the larger-map case.
 SIZES = {
     "d1-w0.0625-r32": (1.0, 0.0625, 32),
     "d1-w0.125-r32": (1.0, 0.125, 32),

@@ -1,4 +1,4 @@
-"""Is the procedural dataset learnable with a real scaling trend? (issue 3)
+"""Is the procedural dataset learnable with a real scaling trend?
 
 Trains NFNet family members with the project's own training loop
 (`scaling.train.loop.run_training`: NFNet, SGD+Nesterov+AGC, warmup+cosine) on the

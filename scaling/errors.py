@@ -1,7 +1,7 @@
 """The one exception type for bad user input, shared by every package.
 
 The CLI turns it into a one-line `error: ...` on stderr and exit code 2
-(DESIGN.md, CLI contract). Messages name the field and the fix.
+(docs/references.md#command-line). Messages name the field and the fix.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ so the result is the exact mean over the held-out set regardless of batch size.
 Computed in float32 through `log_softmax` (stable for large logits, and for bf16
 logits). Label smoothing uses the closed form (1 - s) * NLL + s * mean_k(-log p_k),
 i.e. target = (1 - s) * one_hot + s / K, without materialising a [batch, K] one-hot
-(K = 30k classes on JFT, REFERENCE.md s1).
+(K = 30k classes on JFT, docs/references.md#models-and-data).
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def eval_sums(logits, labels, weights=None) -> dict[str, jnp.ndarray]:
     `weights` [B] (1 for real rows, 0 for padding; default all 1). Returns
     {"loss_sum", "correct_sum", "weight_sum"}; the held-out loss is
     sum(loss_sum) / sum(weight_sum) over all batches. No label smoothing: held-out
-    loss is plain cross-entropy (issue 4, "The run").
+    loss is plain cross-entropy.
     """
     if weights is None:
         weights = jnp.ones(labels.shape, jnp.float32)

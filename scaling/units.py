@@ -24,7 +24,8 @@ from scaling.errors import BadInput, closest
 
 SECONDS_PER_HOUR = 3600.0
 
-# Default utilisation (model FLOP/s / peak) for accelerators: REFERENCE.md s4 — [S23]'s
+# Default utilisation (model FLOP/s / peak) for accelerators
+# (docs/references.md#implied-utilisation-of-the-largest-run): [S23]'s
 # F7+ run (~1.9e22 FLOPs, ~39k v4 core-hours at peak) took 110k v4 core-hours, i.e.
 # ~36% of peak. It is the only published anchor, so we ASSUME it for every accelerator
 # until a measured value (achieved_utilization of real runs) overrides it.
@@ -44,7 +45,8 @@ class HardwareProfile:
     """One row of the hardware table.
 
     `cores_per_device` is how many cores one JAX device stands for: v3 exposes each
-    TensorCore as a device, v4/v5p one device per chip (megacore; REFERENCE.md s4),
+    TensorCore as a device, v4/v5p one device per chip (megacore;
+    docs/references.md#chips-cores-and-jax-devices),
     GPUs one per chip. None for CPU: one JAX CPU device (or several forced ones)
     shares the host's cores, so the run's core count is the host's.
     """
@@ -70,12 +72,12 @@ def _tpu(name, peak, cores, per_device, kinds, core_source):
         cores_per_chip=cores,
         cores_per_device=per_device,
         default_utilization=S23_V4_UTILIZATION,
-        source=f"peak: vendor bf16, REFERENCE.md s4; cores: {core_source}",
+        source=f"peak: vendor bf16, docs/references.md#peak-throughput-and-cores-per-chip; cores: {core_source}",
         device_kinds=kinds,
     )
 
 
-_TWO_CORES = "REFERENCE.md s4 (v3, v4, v5p: 2 TensorCores per chip)"
+_TWO_CORES = "docs/references.md#peak-throughput-and-cores-per-chip (v3, v4, v5p: 2 TensorCores per chip)"
 _ONE_CORE = "Google Cloud TPU docs (1 TensorCore per chip)"
 
 HARDWARE: dict[str, HardwareProfile] = {
@@ -88,11 +90,11 @@ HARDWARE: dict[str, HardwareProfile] = {
         _tpu("tpu-v6e", 918e12, 1, 1, ("TPU v6 lite", "TPU v6e"), _ONE_CORE),
         HardwareProfile(
             "a100", 312e12, 1, 1, S23_V4_UTILIZATION,
-            "peak: NVIDIA A100 dense bf16, REFERENCE.md s4", ("A100",),
+            "peak: NVIDIA A100 dense bf16, docs/references.md#peak-throughput-and-cores-per-chip", ("A100",),
         ),
         HardwareProfile(
             "h100", 989e12, 1, 1, S23_V4_UTILIZATION,
-            "peak: NVIDIA H100 SXM dense bf16, REFERENCE.md s4", ("H100",),
+            "peak: NVIDIA H100 SXM dense bf16, docs/references.md#peak-throughput-and-cores-per-chip", ("H100",),
         ),
         HardwareProfile(
             "cpu", CPU_DEFAULT_PEAK_PER_CORE, 1, None, CPU_DEFAULT_UTILIZATION,

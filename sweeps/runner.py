@@ -1,9 +1,9 @@
 """`scaling sweep run`: validate a spec, enqueue its trials, run N local worker processes.
 
-Workers are separate processes (`python -m sweeps.worker`), so one crashing or being
-killed loses nothing but its current attempt; the runner only watches the store and
-draws a progress bar. Workers on other machines join the same sweep with
-`scaling sweep work --store postgresql://...` (docs/sweeps.md).
+Workers are separate processes (`python -m sweeps.worker`, which is `scaling sweep
+work`), so one crashing or being killed loses nothing but its current attempt; the
+runner only watches the store and draws a progress bar. Workers on other machines join
+the same sweep with `scaling sweep work --store postgresql://...` (docs/sweeps.md).
 
 Ctrl-C: the first one asks the workers to hand their trials back (SIGINT forwarded to
 each) and waits for them to exit; a second one forces (SIGTERM, then SIGKILL after
@@ -22,9 +22,9 @@ from pathlib import Path
 
 from scaling.errors import RuntimeFailure
 from sweeps.lr_extension import extend_sweep
+from sweeps.options import WorkerOptions
 from sweeps.spec import SweepSpec, expand, load_spec
 from sweeps.store import Store
-from sweeps.worker import WorkerOptions
 
 # After a forced stop (second Ctrl-C, or the runner failing): SIGTERM, then SIGKILL for
 # workers still alive this much later (one stuck in a long XLA call ignores SIGTERM
@@ -142,7 +142,7 @@ def run_sweep(spec_path: str, store_url: str, *, workers: int = 2, options: Work
 
     Raises KeyboardInterrupt after Ctrl-C once the workers have exited (the first Ctrl-C
     waits for them to hand their trials back), RuntimeFailure if a worker failed."""
-    spec = load_spec(spec_path)  # BadInput before anything touches the store
+    spec = load_spec(spec_path, require_data=True)  # BadInput before anything touches the store
     trials = expand(spec)  # ... including a bad recipe value, found at expansion
     store = Store(store_url, results_dir=results_dir)
     added = enqueue_spec(spec, store, trials)

@@ -20,7 +20,6 @@ trains it, only process 0 talks to the store.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import json
@@ -33,12 +32,12 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from scaling.errors import BadInput, RuntimeFailure
 from sweeps.lr_extension import extend_sweep
+from sweeps.options import WorkerOptions  # re-exported: it lives in a module light enough for the CLI
 from sweeps.store import Claim, Store
 
 log = logging.getLogger("sweeps.worker")
@@ -49,18 +48,6 @@ MAX_STORE_RETRIES = 5  # consecutive failed claims before a worker gives up (bac
 
 class LeaseLost(RuntimeError):
     """Another worker re-claimed this trial (our heartbeats stopped for too long)."""
-
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    # The lease must outlast the longest gap between heartbeats; the heartbeat thread
-    # renews every lease/4, so a worker must stall for 3/4 of a lease to lose it.
-    lease_seconds: float = 60.0
-    max_attempts: int = 3  # claims per trial before it is `failed` (errors or expired leases)
-    poll_seconds: float = 2.0  # idle wait while other workers still hold leases
-    exit_when_idle: bool = True  # stop once the sweeps have nothing pending or running
-    sweeps: tuple[str, ...] | None = None  # only these sweeps (None: all)
-    max_trials: int | None = None  # stop after this many trials (tests, draining)
 
 
 def default_trainer(config: dict, workdir: Path, *, on_metrics=None, on_heartbeat=None):
@@ -447,33 +434,9 @@ def work(store_url: str, *, trainer: str | Trainer | None = None, options: Worke
         store.dispose()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m sweeps.worker`: what `scaling sweep run --workers N` starts N times."""
-    p = argparse.ArgumentParser(prog="python -m sweeps.worker")
-    p.add_argument("--store", required=True)
-    p.add_argument("--results-dir")
-    p.add_argument("--sweep", action="append", help="only these sweeps (repeatable)")
-    p.add_argument("--trainer", help="module:function (default: scaling.train.run_training)")
-    p.add_argument("--lease", type=float, default=WorkerOptions.lease_seconds)
-    p.add_argument("--max-attempts", type=int, default=WorkerOptions.max_attempts)
-    p.add_argument("--poll", type=float, default=WorkerOptions.poll_seconds)
-    p.add_argument("--max-trials", type=int)
-    p.add_argument("--name")
-    p.add_argument("--multihost", action="store_true")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    opts = WorkerOptions(lease_seconds=a.lease, max_attempts=a.max_attempts, poll_seconds=a.poll,
-                         sweeps=tuple(a.sweep) if a.sweep else None, max_trials=a.max_trials)
-    try:
-        work(a.store, trainer=a.trainer, options=opts, results_dir=a.results_dir,
-             multihost=a.multihost, name=a.name)
-    except (BadInput, RuntimeFailure) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2 if isinstance(err, BadInput) else 1
-    except KeyboardInterrupt:  # stopped by Ctrl-C after handing its trial back (SIGTERM: SystemExit 143)
-        return 130
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m sweeps.worker ARGS` (what `scaling sweep run --workers N` starts N times)
+    # is `scaling sweep work ARGS`: one command, one set of flags (sweeps/cli.py).
+    from sweeps.cli import work_main
+
+    sys.exit(work_main())

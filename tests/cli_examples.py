@@ -10,7 +10,7 @@ The format the docs follow (so that "every command runs as shown" can be tested)
 - plain ``` blocks are synopses or cluster-only commands and are never run.
 
 Each command runs in bash in a scratch directory, in page order, with `scaling` on
-PATH resolving to `python -m scaling.cli` of the interpreter running the tests.
+PATH resolving to `python -m study.cli` of the interpreter running the tests.
 """
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def scratch_env(cwd: Path) -> dict:
     """Environment of the commands: `scaling` = this interpreter's CLI; the tests' cache."""
     shim = cwd / ".bin" / "scaling"
     shim.parent.mkdir(parents=True, exist_ok=True)
-    shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m scaling.cli "$@"\n')
+    shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m study.cli "$@"\n')
     shim.chmod(0o755)
     cache = cwd / "results" / "jax_cache"  # TrainConfig's default compile_cache_dir
     if not cache.exists():

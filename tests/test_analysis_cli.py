@@ -12,7 +12,7 @@ from analysis import synthetic
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "scaling.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "study.cli", *args], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Exactly-once, resumable, sharded training streams and held-out iteration (issue 3)."""
+"""Exactly-once, resumable, sharded training streams and held-out iteration."""
 from __future__ import annotations
 
 import json

@@ -74,7 +74,7 @@ def test_folder_bad_input(tmp_path):
 def test_prepare_writes_shuffled_shards_that_read_back(tmp_path):
     src = make_folder(tmp_path / "imgs")
     out = tmp_path / "ar"
-    cli = subprocess.run([sys.executable, "-m", "scaling.cli", "data", "prepare", str(src), str(out), "--shards", "2", "--json"],
+    cli = subprocess.run([sys.executable, "-m", "study.cli", "data", "prepare", str(src), str(out), "--shards", "2", "--json"],
                          capture_output=True, text=True)
     assert cli.returncode == 0, cli.stderr
     meta = json.loads(cli.stdout)
@@ -93,7 +93,7 @@ def test_prepare_writes_shuffled_shards_that_read_back(tmp_path):
     glob_ds = get_dataset(f"arrayrecord:{out}/train-*.array_record")
     assert (glob_ds.train_size, glob_ds.heldout_size) == (12, 6)
     # never overwrite: a second run into the same directory is refused with exit 2
-    again = subprocess.run([sys.executable, "-m", "scaling.cli", "data", "prepare", str(src), str(out)],
+    again = subprocess.run([sys.executable, "-m", "study.cli", "data", "prepare", str(src), str(out)],
                            capture_output=True, text=True)
     assert again.returncode == 2 and "not empty" in again.stderr and again.stderr.count("\n") == 1
 

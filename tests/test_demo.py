@@ -90,7 +90,7 @@ def law_trainer(config: dict, workdir: Path, *, on_metrics=None, on_heartbeat=No
 
 
 def demo_cmd(tmp_path: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "scaling.cli", "demo", "--spec", str(tmp_path / "demotest.toml"),
+    return [sys.executable, "-m", "study.cli", "demo", "--spec", str(tmp_path / "demotest.toml"),
             "--store", f"sqlite:///{tmp_path / 'results' / 'runs.db'}", "--out", str(tmp_path / "report"),
             "--workers", "2", "--trainer", TRAINER, "--resamples", "100", *extra]
 

@@ -1,4 +1,4 @@
-"""Every command in docs/*.md runs as shown (issue 7), the pod recipe against a real
+"""Every command in docs/*.md runs as shown, the pod recipe against a real
 PostgreSQL server.
 
 Each page's ```console commands run in page order in a scratch directory, after the

@@ -1,11 +1,11 @@
-"""`scaling model-info` through the real entry point (python -m scaling.cli)."""
+"""`scaling model-info` through the real entry point (python -m study.cli)."""
 import json
 import subprocess
 import sys
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "scaling.cli", "model-info", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "study.cli", "model-info", *args], capture_output=True, text=True)
 
 
 def test_model_info_f0_json_matches_table3():

@@ -8,7 +8,8 @@ from scaling.errors import BadInput
 from scaling.models.config import PRESET_NAMES, family_config, get_config, model_name
 from scaling.models.counts import count
 
-# [B21] Table 3 (REFERENCE.md s2): params in millions, MACs in billions, at the test
+# [B21] Table 3 (docs/references.md#table-3-parameters-and-macs): params in millions,
+# MACs in billions, at the test
 # resolution with 1000 classes, with the number of decimals printed there.
 TABLE3 = {
     "F0": ("71.5", "12.38"),
@@ -37,7 +38,8 @@ def test_table3_rows_match_to_printed_precision(name):
 
 @pytest.mark.parametrize(
     "rule, params, macs",
-    [("keep", "527", "367"), ("round", "525.0", "333.39")],  # REFERENCE.md s2
+    # docs/references.md#plus-variants-and-the-bottleneck-rounding-rule
+    [("keep", "527", "367"), ("round", "525.0", "333.39")],
 )
 def test_f4_plus_under_both_bottleneck_rules(rule, params, macs):
     cfg = get_config("F4+", bottleneck_rule=rule)

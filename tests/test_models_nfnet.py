@@ -52,7 +52,8 @@ def test_init_params_is_deterministic_and_follows_the_initializers():
     c = init_params(cfg, jax.random.key(2), 32)
     assert jax.tree.all(jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y)), a, b))
     assert not jnp.array_equal(a["classifier"]["kernel"], c["classifier"]["kernel"])
-    # classifier ~ N(0, 0.01) (REFERENCE.md s2); conv kernels fan-in normal. 76,800 and
+    # classifier ~ N(0, 0.01) (docs/references.md#head-and-classifier-initialisation);
+    # conv kernels fan-in normal. 76,800 and
     # 36,864 draws: the sample std is within 2% of the target with overwhelming odds.
     np.testing.assert_allclose(np.std(a["classifier"]["kernel"]), 0.01, rtol=0.02)
     k = a["block1"]["conv2"]["kernel"]
@@ -86,8 +87,9 @@ def test_counts_agree_with_xla_cost_analysis(depth, width, res, impl):
 
 def test_signal_propagation_follows_the_alpha_beta_schedule():
     """With skip gains set to 1, the residual stream's variance grows by alpha^2 per
-    block and resets to 1 + alpha^2 at each transition (REFERENCE.md s2); with the
-    default skip gain 0 (SkipInit) non-transition blocks are the identity.
+    block and resets to 1 + alpha^2 at each transition
+    (docs/references.md#signal-propagation-alpha-and-beta); with the default skip gain 0
+    (SkipInit) non-transition blocks are the identity.
 
     Set-up: random N(0, 1) images; strides 1 so every map is 32x32 (pooling iid noise
     and SAME padding on 1x1-2x2 maps would shrink variances for reasons unrelated to

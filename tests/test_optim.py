@@ -90,7 +90,7 @@ def _direction_only(**kw):
 
 
 def test_agc_matches_reference_formula():
-    """REFERENCE.md s2: if ||G_i|| / max(||W_i||, eps) > lam then
+    """docs/references.md#adaptive-gradient-clipping: if ||G_i|| / max(||W_i||, eps) > lam then
     G_i *= lam * max(||W_i||, eps) / ||G_i||."""
     lam, eps = 0.01, 1e-3
     # Conv HWIO (1, 1, 2, 2): output unit 0 has W = (3, 4), ||W|| = 5, max norm 0.05;

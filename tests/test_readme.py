@@ -1,4 +1,4 @@
-"""Every CLI example in the README runs as shown (issue 7: checked as a new user would).
+"""Every CLI example in the README runs as shown (checked as a new user would).
 
 The lines of the README's ```console block are run in order, in a scratch directory,
 each must exit 0; later lines use what earlier ones wrote (store, CSV). The runner and

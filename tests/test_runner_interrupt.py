@@ -209,7 +209,7 @@ def sweep_run(tmp_path: Path, **env_extra) -> subprocess.Popen:
     env = os.environ.copy()
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
     env.update(env_extra)
-    return subprocess.Popen([sys.executable, "-m", "scaling.cli", "sweep", "run", str(tmp_path / "intr.toml"),
+    return subprocess.Popen([sys.executable, "-m", "study.cli", "sweep", "run", str(tmp_path / "intr.toml"),
                              "--store", f"sqlite:///{tmp_path / 'runs.db'}", "--workers", "2",
                              "--trainer", SLEEP_TRAINER], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)

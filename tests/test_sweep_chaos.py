@@ -69,7 +69,7 @@ def test_sigkill_chaos_with_the_real_trainer(tmp_path):
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     spec = spec_file(tmp_path, epochs="[0.5]", lr="[0.025, 0.05, 0.1, 0.2, 0.4, 0.8]", extension=False,
                      name="chaos", seeds="[0, 1]")
-    assert subprocess.run([sys.executable, "-m", "scaling.cli", "sweep", "run", str(spec), "--store", url,
+    assert subprocess.run([sys.executable, "-m", "study.cli", "sweep", "run", str(spec), "--store", url,
                            "--workers", "0"], cwd=REPO, env=env(), capture_output=True).returncode == 0
     store = Store(url)
     assert len(store.rows("chaos")) == 12

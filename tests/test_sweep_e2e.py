@@ -22,7 +22,7 @@ def test_smoke_spec_end_to_end_with_two_workers(pg_url, tmp_path):
     keeps the suite's time down.)"""
     store_url = pg_url
     spec = spec_file(tmp_path)
-    out = subprocess.run([sys.executable, "-m", "scaling.cli", "sweep", "run", str(spec), "--store", store_url,
+    out = subprocess.run([sys.executable, "-m", "study.cli", "sweep", "run", str(spec), "--store", store_url,
                           "--workers", "2", "--results-dir", str(tmp_path / "results"), "--json"],
                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=580)
     logs = "\n".join(p.read_text()[-1500:] for p in (tmp_path / "results" / "logs").rglob("*.log"))

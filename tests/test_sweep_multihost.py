@@ -26,7 +26,7 @@ def test_two_process_worker_next_to_a_single_process_worker(tmp_path):
     to the store) beside a one-process worker; the 4 trials are shared between them."""
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     spec = spec_file(tmp_path, epochs="[0.5]", lr="[0.05, 0.1, 0.2, 0.4]", extension=False, name="mh")
-    assert subprocess.run([sys.executable, "-m", "scaling.cli", "sweep", "run", str(spec), "--store", url,
+    assert subprocess.run([sys.executable, "-m", "study.cli", "sweep", "run", str(spec), "--store", url,
                            "--workers", "0"], cwd=REPO, env=env(), capture_output=True).returncode == 0
     port = _free_port()
     base = [sys.executable, "-m", "sweeps.worker", "--store", url, "--lease", "30", "--poll", "0.5"]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from scaling.cli import main
+from study.cli import main
 from sweeps.spec import Trial
 from sweeps.store import Store
 from sweeps.worker import Worker, WorkerOptions

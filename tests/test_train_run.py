@@ -37,7 +37,7 @@ def tiny(**overrides) -> TrainConfig:
 
 
 def cli_args(workdir: Path, **extra: str) -> list[str]:
-    args = ["-m", "scaling.cli", "train", "--depth-mult", "0.25", "--width-mult", "0.03125",
+    args = ["-m", "study.cli", "train", "--depth-mult", "0.25", "--width-mult", "0.03125",
             "--dataset", DATASET, "--epochs", "2", "--lr", "0.2", "--batch", str(BATCH),
             "--resolution", "16", "--eval-points", "1", "--compile-cache", str(CACHE),
             "--log-indices", "--json", "--workdir", str(workdir)]
@@ -262,7 +262,7 @@ def test_two_processes_train_together(reference, tmp_path):
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     """`scaling train ...` in this process (reusing its compiled step)."""
-    from scaling.cli import main
+    from study.cli import main
 
     try:
         rc = main(["train", *args])
@@ -273,7 +273,7 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def common_cli(workdir: Path) -> list[str]:
-    return cli_args(workdir)[4:]  # drop python -m scaling.cli train
+    return cli_args(workdir)[4:]  # drop python -m study.cli train
 
 
 def test_cli_epoch_budget_writes_metrics_and_reports(reference, tmp_path, capsys):

@@ -58,7 +58,8 @@ def test_round_trips_in_every_unit():
 
 
 def test_s23_f7plus_example():
-    """REFERENCE.md s4: ~1.9e22 FLOPs ~ 39k v4 core-hours at peak; 110k -> ~36%."""
+    """docs/references.md#implied-utilisation-of-the-largest-run:
+    ~1.9e22 FLOPs ~ 39k v4 core-hours at peak; 110k -> ~36%."""
     flops = 1.9e22
     at_peak = units.from_flops(flops, "tpu-v4-core-hours", utilization=1.0)
     assert at_peak == pytest.approx(39e3, rel=0.03)

@@ -1,13 +1,16 @@
-"""Commands owned by the `scaling` package, one module each."""
+"""Commands owned by the `scaling` package, one module each, defined at module level.
+
+The `scaling` entry point (study/cli.py) mounts them with `register(app)`; `scaling demo`,
+which strings sweeps and analysis together, lives above all three packages (study/demo.py).
+"""
 from __future__ import annotations
 
 import typer
 
+from scaling.commands import data, model_info, train
+
 
 def register(app: typer.Typer) -> None:
-    from scaling.commands import data, demo, model_info, train
-
     model_info.register(app)
     train.register(app)
     data.register(app)
-    demo.register(app)

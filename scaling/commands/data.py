@@ -1,4 +1,4 @@
-"""`scaling data ...`: dataset preparation and inspection (issue 3)."""
+"""`scaling data ...`: dataset preparation and inspection (docs/data.md)."""
 from __future__ import annotations
 
 import json

@@ -7,32 +7,10 @@ so the results store can tell runs on different data apart.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
-
+from scaling.data.base import Dataset, Source  # noqa: F401 - re-exported (scaling.data.Dataset)
 from scaling.errors import BadInput
-
-
-class Source(Protocol):
-    """Random access by (split, indices): split 0 = train, 1 = held-out."""
-
-    def read(self, split: int, indices: np.ndarray, resolution: int) -> tuple[np.ndarray, np.ndarray]:
-        """-> (uint8 images [b, R, R, 3], int32 labels [b])."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-    name: str
-    num_classes: int
-    train_size: int
-    heldout_size: int
-    native_resolution: int | None  # None: images of mixed sizes (folders, records)
-    source: Any = dataclasses.field(repr=False, compare=False)
-
-    def __repr__(self) -> str:  # stable, for grain state checks and logs
-        return f"Dataset({self.name})"
 
 
 _PROCEDURAL_KEYS = {"classes": "num_classes", "train_size": "train_size", "heldout": "heldout_size",

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from scaling.data import hashing, images
-from scaling.data.dataset import Dataset
+from scaling.data.base import Dataset
 from scaling.errors import BadInput
 
 TRAIN, HELDOUT = 0, 1

@@ -1,4 +1,4 @@
-"""The model family (NFNet; REFERENCE.md s2).
+"""The model family (NFNet; docs/references.md#nfnet-architecture-and-recipe).
 
 jax-free on purpose: `config` and `counts` are pure Python for `analysis` and the
 CLI. The Flax modules live in `scaling.models.nfnet` / `scaling.models.layers`;

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from scaling.errors import BadInput, closest
 
-# Activation gains: REFERENCE.md s2 ([B21] official code), i.e. 1 / std(act(N(0,1))).
+# Activation gains: [B21] official code (docs/references.md#activation-gains),
+# i.e. 1 / std(act(N(0,1))).
 ACTIVATION_GAINS = {
     "gelu": 1.7015043497085571,
     "relu": 1.7139588594436646,
@@ -32,29 +33,33 @@ BOTTLENECK_RULES = ("round", "keep")
 class NFNetConfig:
     """Everything that defines the architecture plus its regularisation and resolutions.
 
-    Defaults are F0 of [B21] (REFERENCE.md s2). Channel counts are absolute (already
-    width-scaled); `depth_mult` / `width_mult` only record how a family member was made.
+    Defaults are F0 of [B21] (docs/references.md#nfnet-architecture-and-recipe). Channel
+    counts are absolute (already width-scaled); `depth_mult` / `width_mult` only record how
+    a family member was made.
     """
 
     depths: tuple[int, ...] = (1, 2, 6, 3)  # blocks per stage; [B21] F0
     widths: tuple[int, ...] = (256, 512, 1536, 1536)  # stage output widths; [B21] F0
-    strides: tuple[int, ...] = (1, 2, 2, 2)  # REFERENCE.md s2
+    strides: tuple[int, ...] = (1, 2, 2, 2)  # docs/references.md#stages-and-transition-blocks
     stem_widths: tuple[int, ...] = (16, 32, 64)  # first three stem convs; the 4th is widths[0]//2
-    group_width: int = 128  # channels per group of the 3x3 convs; REFERENCE.md s2
-    bottleneck_ratio: float = 0.5  # bottleneck = ratio x block output width; REFERENCE.md s2
-    # How the bottleneck width meets the group width (the "+" rule, REFERENCE.md s2):
+    group_width: int = 128  # channels per group of the 3x3 convs; docs/references.md#bottleneck-block-and-squeeze-excite
+    bottleneck_ratio: float = 0.5  # x block output width; docs/references.md#bottleneck-block-and-squeeze-excite
+    # How the bottleneck width meets the group width (the "+" rule,
+    # docs/references.md#plus-variants-and-the-bottleneck-rounding-rule):
     #   "round": official code; round down to a multiple of group_width (F4+: 525.0M / 333.39B);
     #            a bottleneck narrower than one group is kept as one group
     #   "keep":  keep int(ratio x width) as is, in max(1, width // group_width) equal groups
     #            (F0+..F7+ first stage: 192 channels in one group; F4+: 527M / 367B, Table 3)
     # The two rules differ only where ratio x width is not a multiple of group_width.
     bottleneck_rule: str = "round"
-    se_ratio: float = 0.5  # SE hidden = int(se_ratio x channels); REFERENCE.md s2
-    alpha: float = 0.2  # residual branch scale; REFERENCE.md s2
+    se_ratio: float = 0.5  # SE hidden = int(se_ratio x channels); docs/references.md#bottleneck-block-and-squeeze-excite
+    alpha: float = 0.2  # residual branch scale; docs/references.md#signal-propagation-alpha-and-beta
     activation: str = "gelu"  # [B21] default
-    final_conv_mult: int = 2  # head conv to 2x last width; REFERENCE.md s2
-    skip_gain_init: float = 0.0  # SkipInit; REFERENCE.md s2 (tests set 1 to see signal propagation)
-    stochdepth_rate: float = 0.25  # max drop rate, ramped linearly; REFERENCE.md s2
+    final_conv_mult: int = 2  # head conv to 2x last width; docs/references.md#head-and-classifier-initialisation
+    # SkipInit (docs/references.md#bottleneck-block-and-squeeze-excite); tests set 1 to see
+    # signal propagation.
+    skip_gain_init: float = 0.0
+    stochdepth_rate: float = 0.25  # max drop rate, ramped linearly; docs/references.md#regularisation-and-resolution-per-variant
     dropout: float = 0.2  # before the classifier; [B21] F0
     num_classes: int = 1000
     train_resolution: int = 192  # [B21] F0
@@ -84,16 +89,17 @@ class NFNetConfig:
         return _replace(self, overrides)
 
 
-# --- the preset table ([B21] official code's variant dict; REFERENCE.md s2) ------------
+# --- the preset table ([B21] official code's variant dict) ---------------------------
+# Sources: docs/references.md#depths-and-widths-of-the-variants
 # n: depth multiplier of the [1, 2, 6, 3] pattern; dropout; train / test resolution.
-_BASE_DEPTHS = (1, 2, 6, 3)  # REFERENCE.md s1/s2
-_BASE_WIDTHS = (256, 512, 1536, 1536)  # REFERENCE.md s1
-_PLUS_WIDTHS = (384, 768, 2048, 2048)  # REFERENCE.md s1 ("+" = wider, same depth)
-_BASE_STEM = (16, 32, 64)  # REFERENCE.md s2
-_BASE_GROUP_WIDTH = 128  # REFERENCE.md s2
+_BASE_DEPTHS = (1, 2, 6, 3)  # docs/references.md#depths-and-widths-of-the-variants
+_BASE_WIDTHS = (256, 512, 1536, 1536)  # docs/references.md#depths-and-widths-of-the-variants
+_PLUS_WIDTHS = (384, 768, 2048, 2048)  # "+" = wider, same depth; same section
+_BASE_STEM = (16, 32, 64)  # docs/references.md#stem
+_BASE_GROUP_WIDTH = 128  # docs/references.md#bottleneck-block-and-squeeze-excite
 
 PRESETS: dict[str, dict] = {
-    #       depth n  dropout  train  test      source: REFERENCE.md s2 ([B21])
+    #       depth n  dropout  train  test   [B21]: docs/references.md#regularisation-and-resolution-per-variant
     "F0": dict(n=1, dropout=0.2, train=192, test=256),
     "F1": dict(n=2, dropout=0.3, train=224, test=320),
     "F2": dict(n=3, dropout=0.4, train=256, test=352),
@@ -106,7 +112,7 @@ PRESETS: dict[str, dict] = {
 PRESET_NAMES = tuple(PRESETS) + tuple(f"{name}+" for name in PRESETS)
 
 # The continuous family: no dropout / stochastic depth by default because [S23]
-# pre-trains without them (they appear only in fine-tuning; REFERENCE.md s1), and
+# pre-trains without them (they appear only in fine-tuning; docs/references.md#fine-tuning), and
 # train 224 / test 256 as in [S23]. All are overridable.
 FAMILY_DEFAULTS = dict(dropout=0.0, stochdepth_rate=0.0, train_resolution=224, test_resolution=256)
 

@@ -2,7 +2,8 @@
 
 Pure Python (no jax) so `analysis`, the planner and `model-info` can use it.
 
-MAC convention (the one that reproduces [B21] Table 3 exactly, REFERENCE.md s2; it is
+MAC convention (the one that reproduces [B21] Table 3 exactly,
+docs/references.md#table-3-parameters-and-macs; it is
 the official code's `count_flops`): one MAC per multiply-accumulate of every
 convolution (padded SAME positions included, grouped convs at in/groups per output)
 and of every linear layer (the two squeeze-excite layers and the classifier). Not
@@ -11,7 +12,8 @@ shortcut pooling, the SE mean, the global mean), sigmoid, skip gains, residual a
 The block's first 1x1 conv runs before the stride, at the input resolution.
 Resolutions follow SAME padding: a stride-2 layer maps h to ceil(h / 2).
 
-FLOPs are 2 per MAC; a training step is 3x the forward FLOPs (DESIGN.md, compute units).
+FLOPs are 2 per MAC; a training step is 3x the forward FLOPs
+(docs/units.md#three-records-per-run).
 """
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ from dataclasses import dataclass
 from scaling.errors import BadInput
 from scaling.models.config import NFNetConfig
 
-_STEM_STRIDES = (2, 1, 1, 2)  # REFERENCE.md s2: 3x3 s2, s1, s1, s2
-_K = 3  # 3x3 kernels in the stem and the grouped convs; REFERENCE.md s2
+_STEM_STRIDES = (2, 1, 1, 2)  # docs/references.md#stem: 3x3 s2, s1, s1, s2
+_K = 3  # 3x3 kernels in the stem and the grouped convs; docs/references.md#nfnet-architecture-and-recipe
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,12 @@
 
 The parameters are always stored in Flax layout, output axis last (conv HWIO with
 I = in/groups, linear (in, out)) whatever implementation computes the conv: the
-optimizer masks and AGC read these paths and shapes (REFERENCE.md s2, AGC).
+optimizer masks and AGC read these paths and shapes (docs/references.md#adaptive-gradient-clipping).
 
 Why several conv implementations: on CPU, XLA's native grouped convolution
 (`feature_group_count`) is tens of times slower than the same work split per group,
 1x1 convs run faster as a plain matrix product, and 3x3 convs on tiny maps run much
-faster as one matrix product (issue 2; our timings in docs/bench_nfnet.md). GPUs and
+faster as one matrix product (our timings in docs/bench_nfnet.md). GPUs and
 TPUs have fast native grouped convs, so `conv_impl="auto"` picks by backend:
   native  lax.conv_general_dilated with feature_group_count (GPU/TPU default)
   split   one lax conv per group, concatenated
@@ -18,7 +18,8 @@ TPUs have fast native grouped convs, so `conv_impl="auto"` picks by backend:
 All produce the same numbers up to float32 summation order (tests/test_models_layers.py).
 
 Mixed precision: every module takes `dtype`, the compute dtype of its activations
-(float32 or bfloat16, REFERENCE.md s2 "bf16 activations, fp32 params"). Parameters are
+(float32 or bfloat16; bf16 activations with fp32 params as in docs/references.md#precision).
+Parameters are
 stored in float32 and cast inside the forward pass, so gradients come back float32;
 weight standardisation runs on the float32 kernel and only its result is cast. The conv
 kernels below compute in the dtype of their inputs (all five, tests/test_mixed_precision.py).
@@ -34,7 +35,7 @@ import numpy as np
 from jax import lax
 
 CONV_IMPLS = ("native", "split", "gemm", "dense", "cpu")
-WS_EPS = 1e-4  # floor on fan_in * var in weight standardisation; REFERENCE.md s2
+WS_EPS = 1e-4  # floor on fan_in * var in weight standardisation; docs/references.md#scaled-weight-standardisation
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
@@ -201,7 +202,8 @@ def conv2d(x: jax.Array, w: jax.Array, *, stride: int = 1, groups: int = 1, impl
 
 
 class WSConv2D(nn.Module):
-    """Conv with scaled weight standardisation, learnable gain and bias (REFERENCE.md s2).
+    """Conv with scaled weight standardisation, learnable gain and bias
+    (docs/references.md#scaled-weight-standardisation).
 
     The standardised kernel is computed in float32 (the parameters' dtype: a bf16
     variance of a fan-in of thousands would lose most of its digits), then cast to
@@ -233,7 +235,8 @@ class WSConv2D(nn.Module):
 
 
 class SqueezeExcite(nn.Module):
-    """SE: mean over space -> dense -> ReLU -> dense -> sigmoid (REFERENCE.md s2).
+    """SE: mean over space -> dense -> ReLU -> dense -> sigmoid
+    (docs/references.md#bottleneck-block-and-squeeze-excite).
 
     Returns the per-channel gate; the block multiplies by 2 * gate. Not standardised.
     """

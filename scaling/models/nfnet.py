@@ -1,4 +1,5 @@
-"""NFNet (Brock et al. 2021, [B21]) in Flax linen, faithful to REFERENCE.md s2.
+"""NFNet (Brock et al. 2021, [B21]) in Flax linen, faithful to
+docs/references.md#nfnet-architecture-and-recipe.
 
     params = init_params(cfg, rng, resolution)
     logits = NFNet(cfg).apply({"params": params}, images, train=True,
@@ -6,7 +7,7 @@
 
 Images are float32 NHWC [B, H, W, 3]; logits come back float32 whatever the compute
 dtype. `NFNet(cfg, dtype=jnp.bfloat16)` runs activations (convs, matmuls, the residual
-stream) in bfloat16 with float32 parameters, as [B21]/[S23] train (REFERENCE.md s2);
+stream) in bfloat16 with float32 parameters, as [B21]/[S23] train (docs/references.md#precision);
 weight-standardisation statistics stay float32 (layers.py) and the classifier
 accumulates in float32, so the logits are not rounded to bf16. With train=True, dropout and stochastic depth
 draw from the "dropout" rng stream. Each block sows its residual-branch and
@@ -28,8 +29,8 @@ from jax import lax
 from scaling.models.config import NFNetConfig
 from scaling.models.layers import SqueezeExcite, WSConv2D, gained_activation, resolve_conv_impl
 
-_STEM_STRIDES = (2, 1, 1, 2)  # REFERENCE.md s2
-_CLASSIFIER_INIT_STD = 0.01  # REFERENCE.md s2
+_STEM_STRIDES = (2, 1, 1, 2)  # docs/references.md#stem
+_CLASSIFIER_INIT_STD = 0.01  # docs/references.md#head-and-classifier-initialisation
 _TRUNC_NORMAL_STD = 0.87962566103423978  # std of a unit normal truncated to [-2, 2] (flax/jax)
 
 
@@ -39,7 +40,8 @@ def _channel_var(x: jax.Array) -> jax.Array:
 
 
 class NFBlock(nn.Module):
-    """Pre-activation bottleneck: h + alpha * skip_gain * f(act(h) * beta) (REFERENCE.md s2).
+    """Pre-activation bottleneck: h + alpha * skip_gain * f(act(h) * beta)
+    (docs/references.md#bottleneck-block-and-squeeze-excite).
 
     A transition block (stride 2 or a change of width) takes its shortcut from the
     normalised input act(h) * beta, average-pooled 2x2 when strided, then a 1x1 conv.
@@ -198,7 +200,7 @@ def init_params(cfg: NFNetConfig, rng: jax.Array, resolution: int, conv_impl: st
     """Parameter pytree of NFNet(cfg), drawn on the host with numpy from `rng`.
 
     Why not `model.init` under jit: compiling the init graph cost 10-50 s per shape on
-    our 2-core CPU (issue 2), more than many sweep trials train. Here only the shapes
+    our 2-core CPU (docs/models.md#initialisation), more than many sweep trials train. Here only the shapes
     are traced (jax.eval_shape, no compile) and each leaf is drawn with numpy from a
     generator seeded by (rng, leaf path): deterministic, identical on every host.
     Distributions are those of the modules' own initializers (see `_draw`).

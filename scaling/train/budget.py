@@ -1,4 +1,5 @@
-"""Budget -> number of steps: the stated rule (DESIGN.md "Compute units"; docs/training.md).
+"""Budget -> number of steps: the stated rule (docs/units.md#budget---steps-the-stated-rule;
+docs/training.md).
 
 examples = epochs x train_size                                   (epoch budgets)
 examples = to_flops(budget, unit, utilization) / train_flops_per_example   (FLOPs / hours)

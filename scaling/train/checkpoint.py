@@ -26,6 +26,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from scaling.train.counters import RunCounters
+
 # Keep a few so that a damaged latest checkpoint has predecessors to fall back on.
 MAX_TO_KEEP = 3
 
@@ -74,8 +76,8 @@ class RunCheckpoints:
         return timed_out
 
     # ---- save / restore ----------------------------------------------------------
-    def save(self, step: int, state: dict, data_iterator: Any, meta: dict) -> None:
-        meta = dict(meta, step=step, fingerprint=fingerprint(state))
+    def save(self, step: int, state: dict, data_iterator: Any, counters: RunCounters) -> None:
+        meta = dict(counters.to_meta(), step=step, fingerprint=fingerprint(state))
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=grain.checkpoint.CheckpointSave(data_iterator),
@@ -83,8 +85,8 @@ class RunCheckpoints:
         self.manager.wait_until_finished()
         self.last_save_time = time.monotonic()
 
-    def restore_latest(self, state_like: dict, data_iterator: Any) -> tuple[dict, dict] | None:
-        """(state, meta) from the newest intact checkpoint, or None when there is none.
+    def restore_latest(self, state_like: dict, data_iterator: Any) -> tuple[dict, RunCounters] | None:
+        """(state, counters) from the newest intact checkpoint, or None when there is none.
 
         `state_like` gives the structure, dtypes and shardings; the iterator's state is
         restored in place. Damaged checkpoints are moved to `<dir>/../checkpoints_bad/`.
@@ -105,7 +107,7 @@ class RunCheckpoints:
                               f"({reason}); skipping it for the previous one", stacklevel=2)
                 self._move_aside(step)
                 continue
-            return state, meta
+            return state, RunCounters.from_meta(meta)
         return None
 
     def _move_aside(self, step: int) -> None:

@@ -2,7 +2,8 @@
 
 WHY the hyper-parameters are arguments: the peak learning rate and the schedule's
 warmup/total steps are traced inputs (`Hyper`), so ONE compilation per model shape serves
-every learning rate and epoch budget of a sweep (DESIGN.md "Training"). Params and
+every learning rate and epoch budget of a sweep (docs/architecture.md#contracts-worth-knowing).
+Params and
 optimizer state are replicated, the batch is sharded over the mesh axis "data"; XLA
 inserts the gradient all-reduce. The dropout key is derived from (seed, step), so a
 resumed run draws exactly the randomness an uninterrupted one would.

@@ -13,6 +13,7 @@ Running it again reuses every finished trial (the enqueue is idempotent); after 
 the next run resumes the interrupted trials from their checkpoints.
 
 Orchestration only: no jax here (the workers import it), so the command starts fast.
+It lives in `study`, above scaling, sweeps and analysis, because it uses all three.
 """
 from __future__ import annotations
 
@@ -24,14 +25,13 @@ from typing import Callable, Optional
 import typer
 
 from scaling.errors import RuntimeFailure
-
-DEFAULT_STORE = "sqlite:///results/runs.db"  # DESIGN.md, results store
+from sweeps.options import DEFAULT_URL  # the results store (docs/references.md#results-store)
 DEFAULT_OUT = "results/demo"
 DEFAULT_SPEC = "demo"  # sweeps/specs/demo.toml
 # Two local workers on a 2-core machine: each trains a small model on ~1 core, which
 # measured faster than one worker using both (docs/demo.md).
 DEFAULT_WORKERS = 2
-# The planner's budget: this many orders of magnitude beyond the largest trial (issue 7).
+# The planner's budget: this many orders of magnitude beyond the largest trial (docs/demo.md).
 PLAN_DECADES_BEYOND = 1.0
 
 
@@ -62,7 +62,7 @@ def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
 
 
-def run_demo(spec: str = DEFAULT_SPEC, store_url: str = DEFAULT_STORE, out: str | Path = DEFAULT_OUT, *,
+def run_demo(spec: str = DEFAULT_SPEC, store_url: str = DEFAULT_URL, out: str | Path = DEFAULT_OUT, *,
              workers: int = DEFAULT_WORKERS, trainer: str | None = None, resamples: int = 1000,
              progress: bool = True, echo: Callable[[str], None] = print) -> DemoResult:
     """Sweep -> analysis -> report -> plan. `trainer` ("module:function") replaces the
@@ -70,7 +70,7 @@ def run_demo(spec: str = DEFAULT_SPEC, store_url: str = DEFAULT_STORE, out: str 
     from sweeps.runner import run_sweep
     from sweeps.spec import expand, load_spec, total_train_flops
 
-    sweep = load_spec(spec)  # BadInput here, before the store is touched
+    sweep = load_spec(spec, require_data=True)  # BadInput here, before the store is touched
     grid = expand(sweep)
     flops = total_train_flops(sweep, grid)
     echo(f"demo: sweep '{sweep.name}': {len(grid)} grid trials on {sweep.dataset}"
@@ -162,42 +162,44 @@ def summary_lines(r: DemoResult) -> list[str]:
     return lines
 
 
+def demo(
+    store: str = typer.Option(DEFAULT_URL, "--store", help="results store URL (sqlite:///... or postgresql://...)"),
+    out: Path = typer.Option(Path(DEFAULT_OUT), "--out", help="directory for report.html, figures and fits.json"),
+    workers: int = typer.Option(DEFAULT_WORKERS, "--workers", min=0,
+                                help="local worker processes (2 suits a 2-core CPU; 0: only enqueue, then report)"),
+    spec: str = typer.Option(DEFAULT_SPEC, "--spec",
+                             help="sweep spec to run instead of the bundled demo (a TOML path or bundled name)"),
+    resamples: int = typer.Option(1000, "--resamples", min=1, help="bootstrap resamples of the report's intervals"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary and the plan as JSON"),
+    trainer: Optional[str] = typer.Option(None, hidden=True, help="module:function (tests)"),
+) -> None:
+    """Run the demo sweep on the built-in dataset, analyse it, write the report and plan
+    for ten times the sweep's largest compute (an extrapolation). Re-running reuses
+    finished trials; after Ctrl-C it resumes."""
+    import json
+
+    echo = (lambda s: typer.echo(s, err=True)) if as_json else typer.echo
+    try:
+        r = run_demo(spec, store, out, workers=workers, trainer=trainer, resamples=resamples,
+                     progress=True, echo=echo)
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted: finished trials are in the store and the interrupted ones were handed "
+                   "back with their checkpoints; run `scaling demo` again to resume", err=True)
+        raise typer.Exit(130) from None
+    if as_json:
+        from analysis.pipeline import jsonable
+
+        d = {k: getattr(r, k) for k in ("sweep", "store", "trials", "trained", "train_wall_seconds", "counts",
+                                        "notes", "plan", "plan_error", "law", "lr_law")}
+        d.update(report=str(r.report), figures=[str(p) for p in r.figures])
+        typer.echo(json.dumps(jsonable(d), allow_nan=False, indent=1))
+    else:
+        for line in summary_lines(r):
+            typer.echo(line)
+    if r.plan is None:
+        raise RuntimeFailure(f"demo: the report is written ({r.report}) but the planner cannot answer: "
+                             f"{r.plan_error}")
+
+
 def register(app: typer.Typer) -> None:
-    @app.command()
-    def demo(
-        store: str = typer.Option(DEFAULT_STORE, "--store", help="results store URL (sqlite:///... or postgresql://...)"),
-        out: Path = typer.Option(Path(DEFAULT_OUT), "--out", help="directory for report.html, figures and fits.json"),
-        workers: int = typer.Option(DEFAULT_WORKERS, "--workers", min=0,
-                                    help="local worker processes (2 suits a 2-core CPU; 0: only enqueue, then report)"),
-        spec: str = typer.Option(DEFAULT_SPEC, "--spec",
-                                 help="sweep spec to run instead of the bundled demo (a TOML path or bundled name)"),
-        resamples: int = typer.Option(1000, "--resamples", min=1, help="bootstrap resamples of the report's intervals"),
-        as_json: bool = typer.Option(False, "--json", help="print the summary and the plan as JSON"),
-        trainer: Optional[str] = typer.Option(None, hidden=True, help="module:function (tests)"),
-    ) -> None:
-        """Run the demo sweep on the built-in dataset, analyse it, write the report and plan
-        for ten times the sweep's largest compute (an extrapolation). Re-running reuses
-        finished trials; after Ctrl-C it resumes."""
-        import json
-
-        echo = (lambda s: typer.echo(s, err=True)) if as_json else typer.echo
-        try:
-            r = run_demo(spec, store, out, workers=workers, trainer=trainer, resamples=resamples,
-                         progress=True, echo=echo)
-        except KeyboardInterrupt:
-            typer.echo("\ninterrupted: finished trials are in the store and the interrupted ones were handed "
-                       "back with their checkpoints; run `scaling demo` again to resume", err=True)
-            raise typer.Exit(130) from None
-        if as_json:
-            from analysis.pipeline import jsonable
-
-            d = {k: getattr(r, k) for k in ("sweep", "store", "trials", "trained", "train_wall_seconds", "counts",
-                                            "notes", "plan", "plan_error", "law", "lr_law")}
-            d.update(report=str(r.report), figures=[str(p) for p in r.figures])
-            typer.echo(json.dumps(jsonable(d), allow_nan=False, indent=1))
-        else:
-            for line in summary_lines(r):
-                typer.echo(line)
-        if r.plan is None:
-            raise RuntimeFailure(f"demo: the report is written ({r.report}) but the planner cannot answer: "
-                                 f"{r.plan_error}")
+    app.command("demo")(demo)
