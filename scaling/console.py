@@ -22,7 +22,7 @@ from typing import Sequence
 
 import typer
 
-from scaling.errors import BadInput, RuntimeFailure
+from scaling.errors import BadInput, RuntimeFailure, redact
 
 
 def _one_line(text: object) -> str:
@@ -44,10 +44,10 @@ def run(app: typer.Typer, argv: Sequence[str] | None = None, *, prog_name: str |
         code = command.main(args=None if argv is None else list(argv), prog_name=prog_name,
                             standalone_mode=False)
     except BadInput as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {redact(err)}", file=sys.stderr)
         return 2
     except RuntimeFailure as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {redact(err)}", file=sys.stderr)
         return 1
     except typer.TyperException as err:  # click's ClickException family (UsageError: exit 2)
         if type(err).__name__ == "NoArgsIsHelpError":  # as typer: the help is the message
@@ -55,7 +55,7 @@ def run(app: typer.Typer, argv: Sequence[str] | None = None, *, prog_name: str |
             if help_text.strip():
                 print(help_text, file=sys.stderr)
         else:
-            print(usage_error_line(err), file=sys.stderr)
+            print(redact(usage_error_line(err)), file=sys.stderr)
         return err.exit_code
     except typer.Abort:  # e.g. end of input at a prompt
         print("error: aborted", file=sys.stderr)

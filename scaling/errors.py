@@ -5,6 +5,8 @@ The CLI turns it into a one-line `error: ...` on stderr and exit code 2
 """
 from __future__ import annotations
 
+import re
+
 from typing import Iterable
 
 
@@ -26,3 +28,13 @@ def closest(word: str, choices: Iterable[str]) -> str:
 
     match = difflib.get_close_matches(str(word), sorted(set(choices)), n=1)
     return f"did you mean {match[0]!r}? " if match else ""
+
+
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@'\"]*:)(?P<secret>[^@\s'\"/]+)(?=@)")
+
+
+def redact(text: object) -> str:
+    """`text` with the password of every URL in it replaced by ***: the one place a
+    store URL (postgresql://user:secret@host/db) is made printable, for error lines,
+    banners, logs and reports."""
+    return _URL_PASSWORD.sub(lambda m: m.group("head") + "***", str(text))

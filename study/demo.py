@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 import typer
 
-from scaling.errors import RuntimeFailure
+from scaling.errors import RuntimeFailure, redact
 from sweeps.options import DEFAULT_URL  # the results store (docs/references.md#results-store)
 DEFAULT_OUT = "results/demo"
 DEFAULT_SPEC = "demo"  # sweeps/specs/demo.toml
@@ -74,7 +74,7 @@ def run_demo(spec: str = DEFAULT_SPEC, store_url: str = DEFAULT_URL, out: str | 
     grid = expand(sweep)
     flops = total_train_flops(sweep, grid)
     echo(f"demo: sweep '{sweep.name}': {len(grid)} grid trials on {sweep.dataset}"
-         + (f" ({flops:.3g} training FLOPs before LR extension)" if flops else "") + f"; store {store_url}")
+         + (f" ({flops:.3g} training FLOPs before LR extension)" if flops else "") + f"; store {redact(store_url)}")
 
     # Enqueue only (idempotent; applies any due LR extension), to learn what is left to do.
     before = run_sweep(spec, store_url, workers=0, progress=False)

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy import event, exc
 from sqlalchemy.dialects import postgresql, sqlite
 
-from scaling.errors import BadInput, RuntimeFailure
+from scaling.errors import BadInput, RuntimeFailure, redact
 from sweeps import ids, record, schema
 from sweeps.options import DEFAULT_URL  # noqa: F401 - the one default store URL, re-exported
 from sweeps.schema import SCHEMA_VERSION, metadata, metrics, schema_info, sweeps, trials
@@ -102,10 +102,8 @@ def make_engine(url: str) -> sa.Engine:
 
 
 def safe_url(url: str) -> str:
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except exc.ArgumentError:
-        return url
+    """The URL as it may be printed: its password hidden (scaling.errors.redact)."""
+    return redact(url)
 
 
 # ---------------------------------------------------------------- migrations

@@ -148,8 +148,10 @@ def test_bad_input_exits_2_and_leaves_the_store_bytes_alone(tmp_path, capsys, ar
     db = tmp_path / "runs.db"
     store = Store(f"sqlite:///{db}")
     failed, done = tiny(2)
-    store.enqueue([failed, done])
+    # One at a time: claims of trials enqueued together go in trial-id order.
+    store.enqueue([failed])
     store.fail(store.claim("w", lease_seconds=30), "boom", max_attempts=1)
+    store.enqueue([done])
     store.complete(store.claim("w", lease_seconds=30), "done", {"heldout_loss": 1.0})
     store.dispose()
     args = [done.trial_id[:8] if a == "DONE" else a for a in args]
