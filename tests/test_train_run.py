@@ -169,6 +169,58 @@ def test_corrupt_latest_checkpoint_is_skipped(reference, tmp_path):
     assert_each_example_once_per_epoch(workdir, 16)
 
 
+def _flip_array_bytes(checkpoint: Path) -> int:
+    damaged = 0
+    for f in (checkpoint / "state").rglob("*"):
+        if f.is_file() and f.parent.name == "d":  # ocdbt data files: the arrays
+            data = bytearray(f.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            f.write_bytes(bytes(data))
+            damaged += 1
+    return damaged
+
+
+def test_every_checkpoint_damaged_starts_over_cleanly(reference, tmp_path):
+    """When no checkpoint passes its check, the run starts over with EVERYTHING reset
+    (the data iterator was once restored in place from a damaged checkpoint, so a fresh
+    model trained on a stream positioned mid-epoch: another loss, examples seen 1-3 times)."""
+    import shutil
+
+    ref, ref_dir, _, _ = reference
+    workdir = tmp_path / "run"
+    shutil.copytree(ref_dir, workdir)
+    (workdir / "result.json").unlink()
+    steps = [p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(steps) >= 2 and all(_flip_array_bytes(p) for p in steps)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_training(tiny(), workdir)
+    messages = [str(w.message) for w in caught]
+    assert sum(") is damaged (" in m or " is damaged (" in m for m in messages) == len(steps)
+    assert any("starting over from step 0" in m for m in messages)
+    assert result.fingerprint == ref.fingerprint and result.heldout_loss == ref.heldout_loss
+    assert_each_example_once_per_epoch(workdir, 16)
+
+
+def test_a_checkpoint_of_another_run_is_set_aside(reference, tmp_path):
+    """Same shape, other learning rate: the fingerprint verifies (integrity), but the
+    checkpoint is bound to its run's identity, so it is set aside, not resumed from."""
+    import shutil
+
+    _, ref_dir, _, _ = reference
+    fresh = run_training(tiny(lr=0.4), tmp_path / "fresh")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    shutil.copytree(ref_dir / "checkpoints", workdir / "checkpoints")  # from the lr=0.2 run
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_training(tiny(lr=0.4), workdir)
+    assert any("belongs to another run" in str(w.message) for w in caught)
+    assert any((workdir / "checkpoints_foreign").iterdir())
+    assert result.fingerprint == fresh.fingerprint and result.heldout_loss == fresh.heldout_loss
+    assert_each_example_once_per_epoch(workdir, 16)
+
+
 @pytest.mark.slow  # ~4 process starts of ~10-20 s each (imports, cached compile) on 2 cores
 def test_sigkill_at_random_points_then_resume_is_exact(reference, tmp_path):
     ref, _, _, _ = reference

@@ -10,7 +10,10 @@ WHY each piece:
 - A checkpoint whose files were damaged after the fact may still load silently, so the
   meta item carries a SHA-256 of the model/optimizer arrays that is checked on restore;
   an unreadable or mismatching checkpoint is moved aside (never deleted) with a warning
-  and the previous one is used.
+  and the previous one is used. The fingerprint proves integrity, not identity, so the
+  meta also carries the hash of the run's identity, and a checkpoint of another run is
+  set aside too. Restore is all or nothing: nothing (not even the data iterator) changes
+  until a checkpoint has passed both checks.
 """
 from __future__ import annotations
 
@@ -48,11 +51,16 @@ def fingerprint(tree: Any) -> str:
 class RunCheckpoints:
     """The checkpoints of one run directory: when to save, save, restore the latest good one."""
 
-    def __init__(self, directory: Path, *, every_steps: int, every_minutes: float):
+    def __init__(self, directory: Path, *, every_steps: int, every_minutes: float,
+                 identity: str | None = None):
         self.directory = Path(directory).absolute()
         self.every_steps = every_steps
         self.every_seconds = every_minutes * 60.0
         self.last_save_time = time.monotonic()
+        # The hash of the run's identity (scaling.train.config.identity_hash): saved with
+        # every checkpoint and required on restore, so a checkpoint copied in from another
+        # run of the same shape (another lr, seed, ...) is set aside, not resumed from.
+        self.identity = identity
         options = ocp.CheckpointManagerOptions(
             max_to_keep=MAX_TO_KEEP, create=True, cleanup_tmp_directories=True,
             # Synchronous: the pause is measured and excluded from device time, and the
@@ -78,6 +86,8 @@ class RunCheckpoints:
     # ---- save / restore ----------------------------------------------------------
     def save(self, step: int, state: dict, data_iterator: Any, counters: RunCounters) -> None:
         meta = dict(counters.to_meta(), step=step, fingerprint=fingerprint(state))
+        if self.identity is not None:
+            meta["identity"] = self.identity
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=grain.checkpoint.CheckpointSave(data_iterator),
@@ -86,33 +96,52 @@ class RunCheckpoints:
         self.last_save_time = time.monotonic()
 
     def restore_latest(self, state_like: dict, data_iterator: Any) -> tuple[dict, RunCounters] | None:
-        """(state, counters) from the newest intact checkpoint, or None when there is none.
+        """(state, counters) from the newest intact checkpoint of this run, or None.
 
-        `state_like` gives the structure, dtypes and shardings; the iterator's state is
-        restored in place. Damaged checkpoints are moved to `<dir>/../checkpoints_bad/`.
+        All or nothing: a checkpoint's arrays are verified (fingerprint, and identity when
+        both sides have one) before the data iterator is touched, and the iterator is put
+        back where it was if its own restore fails; so None always means "start over from
+        step 0 with a fresh iterator", and the warning says so. `state_like` gives the
+        structure, dtypes and shardings. Damaged checkpoints are moved to
+        `<dir>/../checkpoints_bad/`, another run's to `<dir>/../checkpoints_foreign/`.
         """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
+        initial = data_iterator.get_state()
+        set_aside = 0
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract),
-                    data=grain.checkpoint.CheckpointRestore(data_iterator),
-                    meta=ocp.args.JsonRestore()))
+                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
                 state, meta = dict(restored["state"]), dict(restored["meta"])
+                theirs = meta.get("identity")
+                if self.identity is not None and theirs is not None and theirs != self.identity:
+                    warnings.warn(f"checkpoint at step {step} in {self.directory} belongs to another run "
+                                  f"(identity {theirs[:12]}, this run {self.identity[:12]}); setting it aside",
+                                  stacklevel=2)
+                    self._move_aside(step, "checkpoints_foreign")
+                    set_aside += 1
+                    continue
                 if meta.get("fingerprint") != fingerprint(state):
                     raise ValueError("the arrays do not match the fingerprint saved with them")
+                self.manager.restore(step, args=ocp.args.Composite(
+                    data=grain.checkpoint.CheckpointRestore(data_iterator)))
             except Exception as err:  # noqa: BLE001 - any failure means "not usable"
+                data_iterator.set_state(initial)
                 reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
                 warnings.warn(f"checkpoint at step {step} in {self.directory} is damaged "
                               f"({reason}); skipping it for the previous one", stacklevel=2)
-                self._move_aside(step)
+                self._move_aside(step, "checkpoints_bad")
+                set_aside += 1
                 continue
             return state, RunCounters.from_meta(meta)
+        if set_aside:
+            warnings.warn(f"no usable checkpoint left in {self.directory} ({set_aside} set aside); "
+                          "starting over from step 0 with fresh parameters and data order", stacklevel=2)
         return None
 
-    def _move_aside(self, step: int) -> None:
+    def _move_aside(self, step: int, where: str) -> None:
         if jax.process_index() == 0:
-            bad = self.directory.parent / "checkpoints_bad"
+            bad = self.directory.parent / where
             bad.mkdir(exist_ok=True)
             src = self.directory / str(step)
             if src.exists():

@@ -238,3 +238,11 @@ def shape_of(config: dict[str, Any]) -> dict[str, Any]:
     shape field added later leaves every stored shape key as it was)."""
     return {k: config.get(k) for k in SHAPE_FIELDS
             if k in GRID_OWNED or config.get(k, field_default(k)) != field_default(k)}
+
+
+def identity_hash(config: "TrainConfig") -> str:
+    """SHA-256 of a run's identity (what its checkpoints are bound to)."""
+    import hashlib
+
+    text = json.dumps(identity_of(config.to_dict()), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -35,7 +35,7 @@ import numpy as np
 from scaling.errors import BadInput
 from scaling.train.budget import plan_steps
 from scaling.train.compiled import compiled, step_key
-from scaling.train.config import TrainConfig
+from scaling.train.config import TrainConfig, identity_hash
 from scaling.train.counters import RunCounters
 from scaling.train.workdir import (append_jsonl, checkpoints_dir, claim_workdir, config_path,
                                    index_log_path, metrics_path, read_result, tensorboard_dir,
@@ -235,7 +235,8 @@ class _Run:
         self.bar: Any = _NullBar()  # the real bar is made after the first step's compilation
         self.tb = _tensorboard_writer(workdir) if (config.tensorboard and self.lead) else None
         self.ckpts = RunCheckpoints(checkpoints_dir(workdir), every_steps=config.checkpoint_every_steps,
-                                    every_minutes=config.checkpoint_every_minutes)
+                                    every_minutes=config.checkpoint_every_minutes,
+                                    identity=identity_hash(config))
 
     # ---- life cycle ---------------------------------------------------------------
     def run(self) -> TrainResult:
