@@ -50,6 +50,8 @@ COLUMNS: tuple[Column, ...] = (
     C("config_json", "text", "key", export=False, nullable=False, doc="full canonical trial config"),
     C("model", "str", "identity", "required", length=100, nullable=False,
       doc="preset name or canonical family name (nfnet-d{k}-w{w})"),
+    C("family", "str", "identity", "optional", length=50,
+      doc="architecture family (nfnet, vit, ...); laws are fitted per family"),
     C("depth_mult", "float", "identity", "optional"),
     C("width_mult", "float", "identity", "optional"),
     C("params", "bigint", "input", "required", doc="parameter count"),
