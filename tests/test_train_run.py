@@ -137,6 +137,17 @@ def test_non_finite_loss_ends_as_diverged(tmp_path):
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "diverged"
 
 
+def _flip_array_bytes(checkpoint: Path) -> int:
+    damaged = 0
+    for f in (checkpoint / "state").rglob("*"):
+        if f.is_file() and f.parent.name == "d":  # ocdbt data files: the arrays
+            data = bytearray(f.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            f.write_bytes(bytes(data))
+            damaged += 1
+    return damaged
+
+
 def test_corrupt_latest_checkpoint_is_skipped(reference, tmp_path):
     """Damage the newest checkpoint's array data and leave a half-written one beside it:
     the run warns, falls back to the previous checkpoint and still ends bitwise equal."""
@@ -146,15 +157,7 @@ def test_corrupt_latest_checkpoint_is_skipped(reference, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(ref_dir, workdir)
     (workdir / "result.json").unlink()
-    latest = workdir / "checkpoints" / "16"
-    damaged = 0
-    for f in (latest / "state").rglob("*"):
-        if f.is_file() and f.parent.name == "d":  # ocdbt data files: the arrays
-            data = bytearray(f.read_bytes())
-            data[len(data) // 2] ^= 0xFF
-            f.write_bytes(bytes(data))
-            damaged += 1
-    assert damaged
+    assert _flip_array_bytes(workdir / "checkpoints" / "16")
     # Also the leftovers of a save killed half-way (orbax's temporary directory).
     partial = workdir / "checkpoints" / "20.orbax-checkpoint-tmp-1234567"
     (partial / "state").mkdir(parents=True)
@@ -167,17 +170,6 @@ def test_corrupt_latest_checkpoint_is_skipped(reference, tmp_path):
     assert result.fingerprint == ref.fingerprint
     assert result.heldout_loss == ref.heldout_loss
     assert_each_example_once_per_epoch(workdir, 16)
-
-
-def _flip_array_bytes(checkpoint: Path) -> int:
-    damaged = 0
-    for f in (checkpoint / "state").rglob("*"):
-        if f.is_file() and f.parent.name == "d":  # ocdbt data files: the arrays
-            data = bytearray(f.read_bytes())
-            data[len(data) // 2] ^= 0xFF
-            f.write_bytes(bytes(data))
-            damaged += 1
-    return damaged
 
 
 def test_every_checkpoint_damaged_starts_over_cleanly(reference, tmp_path):
