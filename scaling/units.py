@@ -97,6 +97,10 @@ HARDWARE: dict[str, HardwareProfile] = {
             "peak: NVIDIA H100 SXM dense bf16, docs/references.md#peak-throughput-and-cores-per-chip", ("H100",),
         ),
         HardwareProfile(
+            "h200", 989e12, 1, 1, S23_V4_UTILIZATION,
+            "peak: NVIDIA H200 dense bf16, docs/references.md#peak-throughput-and-cores-per-chip", ("H200",),
+        ),
+        HardwareProfile(
             "cpu", CPU_DEFAULT_PEAK_PER_CORE, 1, None, CPU_DEFAULT_UTILIZATION,
             "peak: measured fp32 matmul per core (docs/units.md); not a vendor figure",
             ("cpu",), has_chip_unit=False,
@@ -104,7 +108,7 @@ HARDWARE: dict[str, HardwareProfile] = {
     )
 }
 
-_GPUS = ("a100", "h100")
+_GPUS = ("a100", "h100", "h200")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,17 +14,17 @@ def test_every_profile_has_core_hours_and_accelerators_chip_hours():
         assert (f"{name}-chip-hours" in units.UNITS) == (name != "cpu")
         assert prof.source and prof.peak_flops_per_chip > 0
     assert set(units.HARDWARE) == {
-        "tpu-v3", "tpu-v4", "tpu-v5e", "tpu-v5p", "tpu-v6e", "a100", "h100", "cpu"
+        "tpu-v3", "tpu-v4", "tpu-v5e", "tpu-v5p", "tpu-v6e", "a100", "h100", "h200", "cpu"
     }
 
 
 def test_table_values_match_reference_s4():
     peaks = {"tpu-v3": 123e12, "tpu-v4": 275e12, "tpu-v5e": 197e12, "tpu-v5p": 459e12,
-             "tpu-v6e": 918e12, "a100": 312e12, "h100": 989e12}
+             "tpu-v6e": 918e12, "a100": 312e12, "h100": 989e12, "h200": 989e12}
     for name, peak in peaks.items():
         assert units.HARDWARE[name].peak_flops_per_chip == peak
     cores = {"tpu-v3": 2, "tpu-v4": 2, "tpu-v5p": 2, "tpu-v5e": 1, "tpu-v6e": 1,
-             "a100": 1, "h100": 1}
+             "a100": 1, "h100": 1, "h200": 1}
     for name, n in cores.items():
         assert units.HARDWARE[name].cores_per_chip == n
 
@@ -121,6 +121,7 @@ def test_device_kinds():
     assert units.hardware_for_device_kind("TPU v5") == "tpu-v5p"
     assert units.hardware_for_device_kind("TPU v6 lite") == "tpu-v6e"
     assert units.hardware_for_device_kind("NVIDIA H100 80GB HBM3") == "h100"
+    assert units.hardware_for_device_kind("NVIDIA H200") == "h200"
     assert units.hardware_for_device_kind("NVIDIA A100-SXM4-40GB") == "a100"
     assert units.hardware_for_device_kind("cpu") == "cpu"
     with pytest.raises(BadInput, match="no profile"):
