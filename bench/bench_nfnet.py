@@ -2,12 +2,20 @@
 
 Both frameworks train the same architecture (depth pattern, widths, group width, SE,
 GELU, two 3x3 grouped convs per block, skip gain, head conv x2, fp32) at the same
-batch and resolution, in one process, on the same cores. Each repeat times `--steps`
-SGD steps (forward + backward + momentum update) of one framework, then of the other,
-alternating which goes first, so slow drift of the machine's load hits both alike; we
-quote medians over repeats. Compilation (JAX) and warm-up (both) are timed apart.
+batch and resolution. Fairness rules (bench/README.md):
+- each framework runs in its OWN process with its own defaults, as its users run it
+  (XLA's CPU client on every core; torch with its default thread count);
+- torch's OpenMP wait policy changes its speed a lot on a shared machine, so the peer is
+  first tried with its default and with OMP_WAIT_POLICY=PASSIVE (a short pilot, the two
+  alternated) and the faster is kept; the choice is printed;
+- the two processes take turns, A B A B, one block of `--steps` steps at a time, with a
+  pause between blocks so neither's idle threads steal the other's cores; each waits
+  blocked on a pipe while the other runs;
+- medians over `--repeats` blocks are quoted with min and max, and the load average
+  is recorded before and after each size.
+Compilation (JAX) and warm-up (both) are timed apart.
 
-    python bench/bench_nfnet.py                   # default sizes, 5 repeats
+    python bench/bench_nfnet.py                   # default sizes, 7 repeats
     python bench/bench_nfnet.py --sizes d1-w0.5-r32 --repeats 9 --json out.json
 
 Setup (torch CPU wheel, timm, torchvision shim): bench/README.md. Results: docs/bench_nfnet.md.
@@ -33,13 +41,10 @@ SIZES = {
 }
 NUM_CLASSES = 10
 LR, MOMENTUM = 0.01, 0.9  # plain SGD + momentum on both sides; the values do not change the cost
-TORCH_THREADS = 2  # the machine's 2 cores (XLA's CPU client uses every core by default)
-# torch's OpenMP threads spin-wait by default; when other processes share the cores
-# (this machine's usual state) a spinning thread holds a core its partner needs and a
-# timm step becomes 5-30x slower (measured: 8.4 s instead of 1.0 s at 4.3M params, load
-# ~8). PASSIVE (sleep when idle) is torch's best setting under load, so the peer gets it
-# unless the caller sets the variable; it must be set before torch starts OpenMP.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# torch's OpenMP threads spin-wait by default; PASSIVE makes them sleep when idle. Which
+# is faster depends on the machine's load, so both are tried (see the module docstring).
+TORCH_POLICIES = ("default", "PASSIVE")
+PAUSE_S = 0.3  # between blocks: OpenMP's spin-wait (KMP_BLOCKTIME 200 ms) ends before the other starts
 
 
 # --- the peer: timm ----------------------------------------------------------------------
@@ -184,10 +189,113 @@ def timed(runner, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def worker(framework: str, name: str, batch: int, steps: int, conv_impl: str) -> int:
+    """One framework in this process: build, warm up, then time a block per 'go' line."""
+    from scaling.models.config import family_config
+
+    depth, width, res = SIZES[name]
+    cfg = family_config(depth, width, num_classes=NUM_CLASSES)
+    if framework == "timm":
+        import_timm()  # the torchvision shim first (see import_timm)
+    t0 = time.perf_counter()
+    runner = JaxRunner(cfg, batch, res, conv_impl) if framework == "jax" else TimmRunner(cfg, batch, res)
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    runner.step()
+    runner.step()
+    info = {"ready": True, "params": runner.params, "build_s": build_s, "warmup_s": time.perf_counter() - t0,
+            "compile_s": getattr(runner, "compile_s", None)}
+    if framework == "timm":
+        import torch
+
+        info.update(torch_threads=torch.get_num_threads(), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""))
+    print(json.dumps(info), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "go":
+            break
+        print(json.dumps({"step_s": timed(runner, steps)}), flush=True)
+    return 0
+
+
+class Proc:
+    """A worker process driven over its stdin/stdout."""
+
+    def __init__(self, framework: str, name: str, args, policy: str = "default"):
+        import subprocess
+
+        env = dict(os.environ)
+        env.pop("OMP_WAIT_POLICY", None)
+        if policy != "default":
+            env["OMP_WAIT_POLICY"] = policy
+        self.label = framework if framework == "jax" else f"timm[{policy}]"
+        self.p = subprocess.Popen(
+            [sys.executable, __file__, "--worker", framework, "--sizes", name, "--batch", str(args.batch),
+             "--steps", str(args.steps), "--conv-impl", args.conv_impl],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.p.stdout.readline()
+        if not line:
+            raise SystemExit(f"{self.label}: the worker died (run it alone with --worker to see why)")
+        return json.loads(line)
+
+    def block(self) -> float:
+        self.p.stdin.write("go\n")
+        self.p.stdin.flush()
+        out = self._read()["step_s"]
+        time.sleep(PAUSE_S)
+        return out
+
+    def close(self) -> None:
+        self.p.stdin.close()
+        self.p.wait(timeout=60)
+
+
+def bench_size(name: str, args) -> dict:
+    from scaling.models.config import family_config
+    from scaling.models.counts import count
+
+    depth, width, res = SIZES[name]
+    analytic = count(family_config(depth, width, num_classes=NUM_CLASSES), res).params
+    load_before = os.getloadavg()[0]
+    # The peer's wait policy: a pilot of 2 alternated blocks each, the faster kept.
+    peers = {pol: Proc("timm", name, args, pol) for pol in TORCH_POLICIES}
+    pilot = {pol: [] for pol in peers}
+    for _ in range(2):
+        for pol, proc in peers.items():
+            pilot[pol].append(proc.block())
+    best = min(pilot, key=lambda pol: statistics.median(pilot[pol]))
+    for pol, proc in peers.items():
+        if pol != best:
+            proc.close()
+    peer = peers[best]
+    ours = Proc("jax", name, args)
+    if not ours.info["params"] == peer.info["params"] == analytic:
+        raise SystemExit(f"{name}: parameter counts differ: ours {ours.info['params']}, timm "
+                         f"{peer.info['params']}, analytic {analytic}; the configurations do not match")
+    per_step = {"jax": [], "timm": []}
+    for rep in range(args.repeats):
+        order = (("jax", ours), ("timm", peer)) if rep % 2 == 0 else (("timm", peer), ("jax", ours))
+        for label, proc in order:
+            per_step[label].append(proc.block())
+    ours.close()
+    peer.close()
+    med = {k: statistics.median(v) for k, v in per_step.items()}
+    return dict(
+        size=name, depth_mult=depth, width_mult=width, resolution=res, batch=args.batch, params=analytic,
+        jax_img_s=args.batch / med["jax"], timm_img_s=args.batch / med["timm"], ratio=med["timm"] / med["jax"],
+        ratio_min=min(per_step["timm"]) / max(per_step["jax"]), ratio_max=max(per_step["timm"]) / min(per_step["jax"]),
+        jax_compile_s=ours.info["compile_s"], torch_policy=best, torch_threads=peer.info.get("torch_threads"),
+        pilot_s=pilot, jax_step_s=per_step["jax"], timm_step_s=per_step["timm"],
+        load_before=load_before, load_after=os.getloadavg()[0],
+    )
+
+
 def machine() -> dict:
+    import flax
     import jax
     import jaxlib
-    import flax
     import torch
 
     timm = import_timm()
@@ -197,88 +305,44 @@ def machine() -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return dict(
-        cpu=cpu,
-        cores=len(os.sched_getaffinity(0)),
-        platform=platform.platform(),
-        python=platform.python_version(),
-        jax=jax.__version__,
-        jaxlib=jaxlib.__version__,
-        flax=flax.__version__,
-        torch=torch.__version__,
-        timm=timm.__version__,
-        torch_threads=torch.get_num_threads(),
-        xla_flags=os.environ.get("XLA_FLAGS", ""),
-        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""),
-        loadavg_start=os.getloadavg(),
-    )
-
-
-def bench_size(name: str, batch: int, repeats: int, steps: int, conv_impl: str) -> dict:
-    from scaling.models.config import family_config
-    from scaling.models.counts import count
-
-    depth, width, res = SIZES[name]
-    cfg = family_config(depth, width, num_classes=NUM_CLASSES)
-    ours = JaxRunner(cfg, batch, res, conv_impl)
-    peer = TimmRunner(cfg, batch, res)
-    analytic = count(cfg, res).params
-    if not ours.params == peer.params == analytic:
-        raise SystemExit(f"{name}: parameter counts differ: ours {ours.params}, timm {peer.params}, "
-                         f"analytic {analytic}; the configurations do not match")
-    warm = {}
-    for label, r in (("jax", ours), ("timm", peer)):
-        t0 = time.perf_counter()
-        r.step()
-        r.step()
-        warm[label] = time.perf_counter() - t0
-    per_step = {"jax": [], "timm": []}
-    for rep in range(repeats):
-        order = (("jax", ours), ("timm", peer)) if rep % 2 == 0 else (("timm", peer), ("jax", ours))
-        for label, r in order:
-            per_step[label].append(timed(r, steps))
-    med = {k: statistics.median(v) for k, v in per_step.items()}
-    row = dict(
-        size=name, depth_mult=depth, width_mult=width, resolution=res, batch=batch, params=ours.params,
-        jax_img_s=batch / med["jax"], timm_img_s=batch / med["timm"], ratio=med["timm"] / med["jax"],
-        jax_compile_s=ours.compile_s, jax_init_s=ours.init_s, warmup_s=warm,
-        jax_step_s=per_step["jax"], timm_step_s=per_step["timm"],
-    )
-    del ours, peer
-    return row
+    return dict(cpu=cpu, cores=len(os.sched_getaffinity(0)), platform=platform.platform(),
+                python=platform.python_version(), jax=jax.__version__, jaxlib=jaxlib.__version__,
+                flax=flax.__version__, torch=torch.__version__, timm=timm.__version__,
+                xla_flags=os.environ.get("XLA_FLAGS", ""), loadavg_start=os.getloadavg())
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=5, help="measurements per framework (median quoted)")
-    ap.add_argument("--steps", type=int, default=3, help="train steps per measurement")
+    ap.add_argument("--repeats", type=int, default=7, help="blocks per framework (median quoted)")
+    ap.add_argument("--steps", type=int, default=3, help="train steps per block")
     ap.add_argument("--conv-impl", default="auto", help="our conv kernels (scaling.models.layers)")
     ap.add_argument("--json", help="also write the rows and machine description here")
+    ap.add_argument("--worker", choices=("jax", "timm"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker:
+        return worker(args.worker, args.sizes[0], args.batch, args.steps, args.conv_impl)
 
-    import torch
-
-    torch.set_num_threads(TORCH_THREADS)
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores, {info['platform']}")
     print(f"versions: python {info['python']}, jax {info['jax']} (jaxlib {info['jaxlib']}), flax {info['flax']}, "
-          f"torch {info['torch']} ({info['torch_threads']} threads, OMP_WAIT_POLICY={info['omp_wait_policy']}), "
-          f"timm {info['timm']}; "
-          f"XLA_FLAGS={info['xla_flags']!r}; conv_impl={args.conv_impl}")
-    print(f"load average at start: {' '.join(f'{x:.2f}' for x in info['loadavg_start'])}")
-    print(f"batch {args.batch}, fp32, SGD+momentum step; {args.repeats} interleaved repeats x {args.steps} steps; medians")
-    header = f"{'size':<16}{'params':>10}{'res':>5}{'jax img/s':>11}{'timm img/s':>12}{'jax/timm':>10}{'compile s':>11}"
-    print(header, flush=True)
+          f"torch {info['torch']}, timm {info['timm']}; XLA_FLAGS={info['xla_flags']!r}; conv_impl={args.conv_impl}")
+    print(f"batch {args.batch}, fp32, SGD+momentum step; each framework in its own process, "
+          f"{args.repeats} alternated blocks x {args.steps} steps; medians [min..max of the ratio]")
+    print(f"{'size':<16}{'params':>10}{'res':>5}{'jax img/s':>11}{'timm img/s':>12}{'jax/timm':>10}"
+          f"{'[min..max]':>14}{'torch policy':>14}{'load':>11}{'compile s':>11}", flush=True)
     rows = []
     for name in args.sizes:
-        row = bench_size(name, args.batch, args.repeats, args.steps, args.conv_impl)
+        row = bench_size(name, args)
         rows.append(row)
+        spread = f"[{row['ratio_min']:.2f}..{row['ratio_max']:.2f}]"
+        policy = f"{row['torch_policy']} x{row['torch_threads']}"
+        load = f"{row['load_before']:.1f}->{row['load_after']:.1f}"
         print(f"{name:<16}{row['params'] / 1e6:>9.2f}M{row['resolution']:>5}{row['jax_img_s']:>11.0f}"
-              f"{row['timm_img_s']:>12.0f}{row['ratio']:>10.2f}{row['jax_compile_s']:>11.1f}", flush=True)
+              f"{row['timm_img_s']:>12.0f}{row['ratio']:>10.2f}{spread:>14}{policy:>14}{load:>11}"
+              f"{row['jax_compile_s']:>11.1f}", flush=True)
     info["loadavg_end"] = os.getloadavg()
-    print(f"load average at end: {' '.join(f'{x:.2f}' for x in info['loadavg_end'])}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(machine=info, args=vars(args), rows=rows), f, indent=1)
