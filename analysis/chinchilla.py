@@ -154,6 +154,14 @@ class ChinchillaFit:
                 "exponents": self.exponents(), "same_rate": self.same_rate(level)}
 
 
+# Bootstrap refits bound the exponents alpha, beta <= 4. With 3 model sizes a resample can
+# fit its smallest model with a term that vanishes everywhere else (alpha -> inf with
+# A -> inf, measured: alpha 12-16, log A 220-280); the data cannot tell 4 from infinity
+# there, and published exponents are 0.05-0.8 ([H22], [E24]; docs/references.md#fitting-scaling-laws),
+# so 4 is no constraint on a law the data identify. The point fit is not bounded.
+EXPONENT_MAX = 4.0
+REFIT_UPPER = np.array([np.inf, np.inf, np.inf, EXPONENT_MAX, EXPONENT_MAX])  # (a, b, e, alpha, beta)
+
 # Each exponent needs >= 3 distinct values of its variable: with 2 model sizes the data fix
 # only E + A/N^alpha at those two sizes, so E, A and alpha trade off along a ridge.
 MIN_DISTINCT = 3
@@ -196,12 +204,12 @@ def fit_approach3(opt: pd.DataFrame, resamples: int = 1000, seed: int = 0, level
     n_sizes, n_data = int(pts["params"].nunique()), int(pts["examples_seen"].nunique())
     if method == "parametric":
         res = fitting.parametric_bootstrap(point.theta, designs, y, resamples, rng,
-                                           not_identified=identification(n_sizes, n_data))
+                                           not_identified=identification(n_sizes, n_data), upper=REFIT_UPPER)
         theta, converged, dof, withheld = res.theta, res.converged_fraction, res.dof, res.withheld
     else:
         w = fitting.bootstrap_weights(len(y), resamples, rng)
         boot = fitting.minimize_batched(np.repeat(point.theta[None], resamples, axis=0), designs, y, w,
-                                        max_iter=fitting.BOOTSTRAP_MAX_ITER)
+                                        max_iter=fitting.CASES_MAX_ITER)
         theta = np.where(boot.converged[:, None], boot.theta, np.nan)
         converged = float(boot.converged.mean()) if resamples else float("nan")
         dof, withheld = fitting.residual_dof(fitting.linearise(point.theta, designs, y)[1]), ""

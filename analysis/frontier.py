@@ -154,7 +154,7 @@ def fit_law(form: str, compute, loss, resamples: int = 1000, seed: int = 0, enve
         _, inverse = np.unique(c, return_inverse=True)
         distinct = ((w > 0).astype(float) @ np.eye(inverse.max() + 1)[inverse] > 0).sum(axis=1)
         boot = fitting.minimize_batched(np.repeat(point.theta[None], resamples, axis=0), designs, y, w,
-                                        max_iter=fitting.BOOTSTRAP_MAX_ITER)
+                                        max_iter=fitting.CASES_MAX_ITER)
         bad = ~boot.converged | (distinct < p + 1)
         theta = np.where(bad[:, None], np.nan, boot.theta)
         converged = float(np.mean(~bad)) if resamples else float("nan")
