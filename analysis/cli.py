@@ -21,17 +21,58 @@ _CSV = typer.Option(None, "--csv", help="CSV of runs (columns as `scaling result
 _DATASET = typer.Option(None, "--dataset", help="Analyse only runs on this dataset.")
 
 
-def _load(store, csv, dataset):
-    from analysis.load import load_runs
+def _load(store, csv, dataset, family=None):
+    from analysis.load import family_column, load_runs
 
     if store is None and csv is None:
         store = DEFAULT_URL
-    return load_runs(store=store, csv=csv, dataset=dataset)
+    runs, notes = load_runs(store=store, csv=csv, dataset=dataset)
+    if family is not None:
+        fam = family_column(runs)
+        if family.strip().lower() not in set(fam):
+            raise BadInput(f"--family: {family!r} is not a family of the runs; they hold "
+                           f"{', '.join(sorted(set(fam))) or 'no finished runs'}")
+        runs = runs[fam == family.strip().lower()].reset_index(drop=True)
+    return runs, notes
 
 
 def _check_level(level: float) -> None:
     if not 0 < level < 1:
         raise BadInput(f"--level: {level} must be in (0, 1), e.g. 0.95")
+
+
+# Bootstrap resamples: fewer than 10 give no interval at all, more than 100,000 cost
+# hours and memory for no visible gain (1000 is the reported default).
+RESAMPLES_RANGE = (10, 100_000)
+SEED_RANGE = (0, 2**32 - 1)  # numpy's default_rng takes a non-negative seed
+
+
+def check_resamples(resamples: int) -> None:
+    low, high = RESAMPLES_RANGE
+    if not low <= resamples <= high:
+        raise BadInput(f"--resamples: {resamples} is out of range; use {low} to {high:,} "
+                       "(1000 or more for reported intervals)")
+
+
+def _check_seed(seed: int) -> None:
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise BadInput(f"--seed: {seed} is out of range; use a whole number in [0, {SEED_RANGE[1]}]")
+
+
+def check_out_dir(out: Path, flag: str = "--out") -> None:
+    """The report's folder: made if missing, and writable (BadInput before any fitting:
+    a file in its place, a read-only filesystem)."""
+    import os
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"{flag}: {out} is a file; give a folder for the report")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BadInput(f"{flag}: cannot create {out} ({err.strerror}); give another folder") from None
+    if not os.access(out, os.W_OK):
+        raise BadInput(f"{flag}: cannot write in {out} (read-only); give another folder")
 
 
 def analyze(
@@ -43,17 +84,21 @@ def analyze(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     level: float = typer.Option(0.95, "--level", help="Confidence level of the intervals."),
     dataset: Optional[str] = _DATASET,
-    as_json: bool = typer.Option(False, "--json", help="Print the fit summary as JSON."),
+    family: Optional[str] = typer.Option(None, "--family", help="Analyse only this architecture family "
+                                         "(default: every family, with the crossovers of each pair)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the fit summary (per family, and `crossovers`) as JSON."),
 ) -> None:
-    """Fit the laws, draw the figures and write report.html into --out."""
+    """Fit the laws per family (and where each pair of families' frontiers cross), draw the
+    figures and write report.html into --out."""
     from scaling import units
 
     _check_level(level)
-    if resamples < 0:
-        raise BadInput(f"--resamples: {resamples} must be >= 0 (1000 or more for reported intervals)")
+    check_resamples(resamples)
+    _check_seed(seed)
     if units.parse_unit(unit).kind == "epochs":
         raise BadInput("--unit: epochs depend on the model, so they cannot be a compute axis; use flops or hours")
-    runs, notes = _load(store, csv, dataset)
+    runs, notes = _load(store, csv, dataset, family)
+    check_out_dir(out)  # before any fitting
     from analysis import report
     from analysis.pipeline import jsonable, run_analysis
 
@@ -81,16 +126,26 @@ def plan(
     level: float = typer.Option(0.95, "--level", help="Confidence level of the intervals."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     dataset: Optional[str] = _DATASET,
+    family: Optional[str] = typer.Option(None, "--family", help="Plan within this architecture family "
+                                         "(required when the runs hold several)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ) -> None:
-    """Recommend model, epochs and peak LR for a budget, with the predicted loss."""
+    """Recommend model, epochs and peak LR for a budget, with the predicted loss, within
+    the runs' family (no concrete architecture for a family the project does not know)."""
     from scaling import units
 
     _check_level(level)
+    _check_seed(seed)
     units.parse_unit(unit)  # bad unit -> exit 2 before any loading
-    runs, notes = _load(store, csv, dataset)
+    runs, notes = _load(store, csv, dataset, family)
     from analysis import planner
+    from analysis.load import family_column
     from analysis.pipeline import jsonable, run_analysis
+
+    held = sorted(set(family_column(runs)))
+    if len(held) > 1:  # before any fitting: the planner recommends within one family
+        raise BadInput(f"--family: the runs hold {len(held)} families ({', '.join(held)}); the planner "
+                       "recommends within one, so choose it with --family")
 
     result = run_analysis(runs, notes, resamples=planner.PLAN_RESAMPLES, seed=seed, level=level,
                           laws=False, backtest=False, polish=False)

@@ -8,11 +8,15 @@ Units of the returned columns (docs/analysis.md#units):
   epochs               epoch budget; dataset size = examples_seen / epochs
   lr                   peak learning rate; heldout_loss in nats
   device_seconds       measured device time on `hardware`
+  family               architecture family (lower case: nfnet, vit, ...); runs without one
+                       (older stores, CSVs made elsewhere) take their model name's family
+                       (family_of_model), "unknown" when the name says nothing
 Only finished runs ("done") are kept. Diverged and failed runs are excluded and counted
 in the notes (the report prints them); pending/running ones are ignored.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -27,48 +31,70 @@ REQUIRED = record.IMPORT_REQUIRED
 OPTIONAL = tuple(c for c in record.EXPORTED if c not in REQUIRED)
 NUMERIC = tuple(c for c in REQUIRED + OPTIONAL if record.BY_NAME[c].numeric)
 
+# The family of a run recorded without one (stores made before the column, CSVs made
+# elsewhere) is its model name's, as the family registry spells them (F0..F7(+) and
+# nfnet-... -> nfnet; ViT-.../vit-... -> vit); a name no family owns is "unknown".
+UNKNOWN_FAMILY = "unknown"
+
+
+@functools.lru_cache(maxsize=4096)
+def family_of_model(model: str) -> str:
+    """The family a model's name says it belongs to ("F3+" -> nfnet, "ViT-B/16" -> vit;
+    scaling.models.registry, pure Python), UNKNOWN_FAMILY when no family owns the name."""
+    from scaling.models.registry import FAMILIES
+
+    name = str(model).strip()
+    return next((fam.name for fam in FAMILIES.values() if fam.owns(name)), UNKNOWN_FAMILY)
+
+
+def family_column(runs: pd.DataFrame) -> pd.Series:
+    """Each run's family: its recorded `family` (lower case), else its model name's."""
+    inferred = runs["model"].astype(str).map(family_of_model) if "model" in runs else \
+        pd.Series(UNKNOWN_FAMILY, index=runs.index)
+    if "family" not in runs:
+        return inferred
+    given = runs["family"].astype("string").str.strip().str.lower()
+    return given.mask(given.isna() | (given == ""), inferred).astype(str)
+
 
 def read_store(url: str) -> pd.DataFrame:
-    """All trials of a store as a DataFrame (one SELECT; nothing is written)."""
+    """All trials of a store as a DataFrame (one SELECT; nothing is written).
+
+    Opened the way every command opens a store (sweeps.connect): a missing, empty,
+    foreign, corrupt or newer-schema store is refused with one line (exit 2); an older
+    one is read as it is (the columns it lacks are empty)."""
     import sqlalchemy as sa
 
-    from sweeps import schema
+    from sweeps import connect, schema
 
+    engine = connect.make_engine(url, create=False, read_only=True)
     try:
-        parsed = sa.engine.make_url(url)
-    except sa.exc.ArgumentError:
-        raise BadInput(f"--store: {url!r} is not a database URL; use sqlite:///path/runs.db or postgresql://...") from None
-    if parsed.get_backend_name() == "sqlite":
-        db = parsed.database
-        if not db or db == ":memory:" or not Path(db).is_file():
-            raise BadInput(f"--store: no SQLite store at {db!r}; run a sweep first or pass the right path")
-    try:
-        engine = sa.create_engine(parsed)
         with engine.connect() as conn:
-            if not sa.inspect(conn).has_table("trials"):
-                raise BadInput(f"--store: {url!r} has no trials table; is it a results store?")
+            connect.check_schema(conn, url, create=False)
             # The columns this store has (an older store may lack newer ones).
             have = {c["name"] for c in sa.inspect(conn).get_columns("trials")}
             rows = conn.execute(sa.select(*(c for c in schema.trials.columns if c.name in have))).mappings().all()
-    except sa.exc.OperationalError as err:
-        raise BadInput(f"--store: cannot open {url!r} ({str(err.orig).strip().splitlines()[0]}); check the URL") from None
+    except sa.exc.SQLAlchemyError as err:
+        translated = connect.translate(err, url)
+        if translated is err:
+            raise
+        raise translated from None
     finally:
-        if "engine" in locals():
-            engine.dispose()
+        engine.dispose()
     return pd.DataFrame(rows, columns=[c.name for c in schema.trials.columns])
 
 
 def read_csv(path: str | Path) -> pd.DataFrame:
+    """A CSV of runs, every row checked as `scaling results import` checks it
+    (sweeps/rows.py: one validator), except that unfinished runs are allowed (and
+    ignored by `clean`, which says so)."""
+    from sweeps import rows
+
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"--csv: no file at {str(path)!r}; pass an existing CSV of runs")
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise BadInput(f"--csv: {path} is not a readable CSV ({str(err).splitlines()[0]}); fix the file") from None
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        raise BadInput(f"--csv: missing columns {', '.join(missing)}; required: {', '.join(REQUIRED)}")
+    df = rows.read_csv_runs(path, field="--csv")
+    rows.check_frame(df, statuses=rows.ANALYSIS_STATUSES)
     return df
 
 
@@ -79,10 +105,11 @@ def clean(raw: pd.DataFrame, dataset: str | None = None) -> tuple[pd.DataFrame, 
     for col in OPTIONAL:
         if col not in df.columns:
             df[col] = np.nan
-    df["status"] = df["status"].fillna("done").astype(str).str.lower()
+    df["status"] = df["status"].astype(object).fillna("done").astype(str).str.lower()
     for col in NUMERIC:
         df[col] = pd.to_numeric(df[col], errors="coerce")
     df["model"] = df["model"].astype(str)
+    df["family"] = family_column(df)
     if dataset is not None:
         if dataset not in set(df["dataset"].dropna()):
             raise BadInput(f"--dataset: {dataset!r} not in the runs; choose one of {sorted(set(df['dataset'].dropna()))}")

@@ -3,6 +3,13 @@
 Each step is independent of the others' success: a step that cannot be done (too few
 points, one model, ...) leaves its result as None and adds a note saying why, so the
 report always says as much as the data allows and never shows a traceback.
+
+Families: every law is fitted per architecture family (the runs' `family` column,
+analysis.load.family_column). One family: run_analysis returns that family's Analysis,
+as it always did. Several: it returns a study-level Analysis whose `families` holds one
+Analysis per family, whose `opt`/`trend`/`backtest`/`isoflop` are theirs stacked with a
+`family` column, whose notes are theirs prefixed with the family's name, and whose
+`crossovers` say where each pair's frontier laws meet (analysis.crossover).
 """
 from __future__ import annotations
 
@@ -11,7 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis import chinchilla, fitting, frontier, lr
+from analysis import chinchilla, crossover, fitting, frontier, lr
+from analysis.load import UNKNOWN_FAMILY, family_column
 
 DEFAULT_RESAMPLES = 1000  # at least 1000 bootstrap resamples (docs/analysis.md#methods)
 DEFAULT_LEVEL = 0.95
@@ -39,6 +47,14 @@ class Analysis:
     resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
     lr_law: lr.LrLaw | None = None  # one pooled lr law over every (model, epochs) optimum
+    family: str = ""  # the family analysed; "" for a study of several (see `families`)
+    families: dict[str, "Analysis"] = field(default_factory=dict)  # per family, when several
+    crossovers: list[crossover.Crossover] = field(default_factory=list)  # every pair of families
+
+    @property
+    def per_family(self) -> dict[str, "Analysis"]:
+        """{family: its Analysis}: `families` for a study of several, else {family: self}."""
+        return dict(self.families) if self.families else {self.family or UNKNOWN_FAMILY: self}
 
     @property
     def warnings(self) -> list[str]:
@@ -62,6 +78,15 @@ class Analysis:
         return (float(c.min()), float(c.max())) if len(c) else (float("nan"), float("nan"))
 
     def to_dict(self) -> dict:
+        """The summary (`scaling analyze --json`, fits.json): the fits of a single family at
+        the top level as before, every family's under `families`, and `crossovers`."""
+        out = self._own_dict()
+        out["family"] = self.family or None
+        out["families"] = {name: sub._own_dict() for name, sub in self.per_family.items()}
+        out["crossovers"] = [c.to_dict() for c in self.crossovers]
+        return out
+
+    def _own_dict(self) -> dict:
         out = {"notes": self.notes, "n_runs": len(self.runs), "n_optima": len(self.opt),
                "resamples": self.resamples, "seed": self.seed, "level": self.level,
                "dataset_size": self.dataset_size, "compute_range_flops": self.compute_range,
@@ -94,8 +119,46 @@ _FIT_ERRORS = (ValueError, np.linalg.LinAlgError, FloatingPointError)
 def run_analysis(runs: pd.DataFrame, notes: list[str] | None = None, resamples: int = DEFAULT_RESAMPLES,
                  seed: int = 0, level: float = DEFAULT_LEVEL, laws: bool = True, backtest: bool = True,
                  approach3: bool = True, polish: bool = True) -> Analysis:
-    """All steps; `polish=False` (the planner) skips the L-BFGS-B polish of Approach 3."""
+    """All steps, per family; `polish=False` (the planner) skips the L-BFGS-B polish of
+    Approach 3. With several families, also the crossover of every pair (needs `laws`)."""
     notes = list(notes or [])
+    fam = family_column(runs)
+    names = sorted(fam.unique())
+    kw = dict(resamples=resamples, seed=seed, level=level, laws=laws, backtest=backtest, approach3=approach3,
+              polish=polish)
+    if len(names) <= 1:
+        res = _run_family(runs, notes, **kw)
+        res.family = names[0] if names else UNKNOWN_FAMILY
+        return res
+    subs = {name: _run_family(runs[fam == name].reset_index(drop=True), [], **kw) for name in names}
+    for name, sub in subs.items():
+        sub.family = name
+
+    def stack(attr):
+        frames = [getattr(sub, attr).assign(family=name) for name, sub in subs.items()
+                  if not getattr(sub, attr).empty]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    warnings = [f"{WARNING}{name}: {n[len(WARNING):]}" for name, sub in subs.items() for n in sub.warnings]
+    own = [f"{name}: {n}" for name, sub in subs.items() for n in sub.notes if n not in sub.warnings]
+    opt = stack("opt")
+    res = Analysis(runs, warnings + notes + own, opt if len(opt) else subs[names[0]].opt, stack("trend"),
+                   backtest=stack("backtest"), isoflop=stack("isoflop"), level=level, resamples=resamples,
+                   seed=seed, families=subs)
+    fitted = {name: (sub.laws, sub.compute_range) for name, sub in subs.items() if sub.laws}
+    res.crossovers = crossover.all_pairs(fitted, level=level, seed=seed)
+    if laws:
+        missing = [name for name in names if name not in fitted]
+        for c in res.crossovers:
+            res.notes.append(f"crossover: {c.statement()}")
+        if missing:
+            res.notes.append(f"crossover: not computed for {', '.join(missing)} (no frontier law fitted)")
+    return res
+
+
+def _run_family(runs: pd.DataFrame, notes: list[str], resamples: int, seed: int, level: float, laws: bool,
+                backtest: bool, approach3: bool, polish: bool) -> Analysis:
+    """Every step for the runs of one family."""
     opt = lr.optimal_lr(runs)
     trend = lr.lr_trend(opt)
     res = Analysis(runs, notes, opt, trend, level=level, resamples=resamples, seed=seed)

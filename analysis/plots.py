@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis import frontier, lr  # noqa: E402
+from analysis import crossover, frontier, lr  # noqa: E402
+from analysis.load import family_column  # noqa: E402
 from analysis.pipeline import Analysis  # noqa: E402
 
 plt.rcParams.update({"figure.dpi": 110, "font.size": 10, "axes.grid": True, "grid.alpha": 0.3})
@@ -214,10 +215,16 @@ def isoflop_figure(a: Analysis, per_unit: float, unit: str):
 
 def vit_figure(reference: pd.DataFrame, a: Analysis | None = None):
     """[S23] Fig. 1: ImageNet top-1 vs TPU-v4 core hours for the published points, and the
-    project's own families (held-out accuracy) when the store holds more than one."""
+    project's own families (lr-optimal runs, compute in TPU-v4 core hours at the hardware
+    table's utilisation) when the runs hold more than one. They share the published axes
+    only when the units allow it: held-out accuracy measured on ImageNet. Otherwise (a
+    different dataset, or no accuracy recorded: held-out loss) they get their own panel
+    next to the published one, with the same compute unit."""
     fams = _families(a.opt) if a is not None else {}
     own = len(fams) > 1
-    fig, axes = plt.subplots(1, 2 if own else 1, figsize=(11 if own else 6.5, 4.5), squeeze=False)
+    same_units = own and _imagenet_accuracy(a)
+    side = own and not same_units
+    fig, axes = plt.subplots(1, 2 if side else 1, figsize=(11 if side else 6.5, 4.5), squeeze=False)
     ax = axes[0, 0]
     for fam, g in reference.groupby("family"):
         marker = "o" if fam == "NFNet" else "^"
@@ -233,21 +240,95 @@ def vit_figure(reference: pd.DataFrame, a: Analysis | None = None):
     ax.set_xlim(lo / 1.3, hi * 1.6)
     ax.set_xlabel("pre-training compute [TPU-v4 core hours]")
     ax.set_ylabel("ImageNet top-1 after fine-tuning [%]")
-    ax.set_title("Published points ([S23] Fig. 1)")
-    ax.legend(fontsize=8)
+    ax.set_title("Published points ([S23] Fig. 1)" + (" and this project's families" if same_units else ""))
     if own:
         from scaling import units
 
-        ax2 = axes[0, 1]
+        ax2 = ax if same_units else axes[0, 1]
         per = units.to_flops(1.0, "tpu-v4-core-hours")
+        accuracy = all(g["heldout_accuracy"].notna().any() for g in fams.values())
         for fam, g in fams.items():
-            y = g["heldout_accuracy"] * 100 if g["heldout_accuracy"].notna().any() else g["heldout_loss"]
-            ax2.plot(g["train_flops"] / per, y, "o", label=fam)
-        ax2.set_xscale("log")
-        ax2.set_xlabel("training compute [TPU-v4 core hours at the table's utilisation]")
-        ax2.set_ylabel("held-out accuracy [%] (this project)")
-        ax2.set_title("This project's families")
-        ax2.legend(fontsize=8)
+            y = g["heldout_accuracy"] * 100 if accuracy else g["heldout_loss"]
+            ax2.plot(g["train_flops"] / per, y, "s" if same_units else "o", mfc="none" if same_units else None,
+                     label=f"{fam} (this project)" if same_units else fam)
+        if same_units:
+            xs = np.concatenate([ax.get_xlim(), *[g["train_flops"].to_numpy(float) / per for g in fams.values()]])
+            ax.set_xlim(xs.min() / 1.3, xs.max() * 1.6)
+        else:
+            ax2.set_xscale("log")
+            ax2.set_xlabel("training compute [TPU-v4 core hours at the table's utilisation]")
+            ax2.set_ylabel(f"held-out {'accuracy [%]' if accuracy else 'loss [nats]'} (this project, "
+                           f"lr-optimal runs)")
+            ax2.set_title("This project's families (not ImageNet top-1: own axis)")
+            ax2.legend(fontsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _imagenet_accuracy(a: Analysis) -> bool:
+    """The runs' held-out accuracy is ImageNet top-1 (the published points' y unit)."""
+    data = a.runs["dataset"].dropna().astype(str).str.lower() if "dataset" in a.runs else pd.Series(dtype=str)
+    return bool(len(data)) and bool(data.str.contains("imagenet").all()) and \
+        bool(a.opt["heldout_accuracy"].notna().any())
+
+
+FAMILY_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
+
+
+def comparison_figure(a: Analysis, per_unit: float, unit: str):
+    """Every family on one pair of axes: its lr-optimal points (frontier points filled),
+    its frontier law with the bootstrap band, and each pair's crossover (vertical line,
+    its interval shaded). None for a single family."""
+    subs = a.families
+    if len(subs) < 2:
+        return None
+    form = crossover.preferred_form(*(sub.laws for sub in subs.values() if sub.laws))
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    colors = {name: FAMILY_COLORS[i % len(FAMILY_COLORS)] for i, name in enumerate(subs)}
+    cmin, cmax = a.compute_range
+    grid = np.geomspace(cmin / 1.5, cmax * 1.5, 300)
+    for name, sub in subs.items():
+        opt = sub.opt.dropna(subset=["train_flops", "heldout_loss"])
+        if opt.empty:
+            continue
+        c, l = opt["train_flops"].to_numpy(float), opt["heldout_loss"].to_numpy(float)
+        on = frontier.envelope_mask(c, l)
+        color = colors[name]
+        ax.plot(c[~on] / per_unit, l[~on], "o", color=color, alpha=0.25, ms=3)
+        ax.plot(c[on] / per_unit, l[on], "o", color=color, ms=6, mec="k", mew=0.5,
+                label=f"{name}: frontier points ({on.sum()} of {len(opt)} optima)")
+        law = sub.laws.get(form) if form else None
+        if law is not None:
+            lo, hi = law.band(grid)
+            if np.isfinite(lo).all():
+                ax.fill_between(grid / per_unit, lo, hi, color=color, alpha=0.15, lw=0)
+            inside = (grid >= c.min()) & (grid <= c.max())
+            ax.plot(grid / per_unit, law.predict(grid), ":", color=color, lw=1)
+            ax.plot(grid[inside] / per_unit, law.predict(grid[inside]), "-", color=color, lw=1.5,
+                    label=f"{name}: {LAW_STYLE[form][2]}, b = {law.params['b']:.3f}")
+    for x in a.crossovers:
+        pair = " / ".join(x.families)
+        if x.flops is None:
+            ax.plot([], [], " ", label=f"{pair}: no crossing in range ({x.ahead_below} ahead)")
+            continue
+        if x.interval:
+            ax.axvspan(x.interval[0] / per_unit, x.interval[1] / per_unit, color="gray", alpha=0.12, lw=0)
+        ax.axvline(x.flops / per_unit, color="k", ls="--", lw=1,
+                   label=f"{pair} cross at {x.flops / per_unit:.3g} {unit}"
+                         + (f" ({x.level:.0%}: {x.interval[0] / per_unit:.3g}..{x.interval[1] / per_unit:.3g})"
+                            if x.interval else ""))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    losses = a.opt["heldout_loss"].dropna()
+    if len(losses):  # the data's range: a band far beyond a family's runs would flatten the rest
+        ax.set_ylim(losses.min() / 1.2, losses.max() * 1.4)
+    _plain_y(ax)
+    ax.set_xlabel(f"training compute [{unit}]")
+    ax.set_ylabel("held-out loss [nats] (log scale)")
+    ax.set_title("Families compared: frontier laws (solid: fitted range, dotted: extrapolated; "
+                 f"{a.level:.0%} bands)", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
 
@@ -260,12 +341,11 @@ def _plain_y(ax):
 
 
 def _families(opt: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Group lr-optimal runs by architecture family: the model name's prefix (nfnet/F*, vit, ...)."""
+    """Group lr-optimal runs by architecture family: their `family` column (a study of
+    several families stacks it), else the model name's family (analysis.load)."""
     if opt.empty:
         return {}
-    fam = opt["model"].str.lower().str.extract(r"^([a-z]+)", expand=False).fillna("other")
-    fam = fam.where(~opt["model"].str.match(r"^[Ff]\d"), "nfnet")
-    return {f: g for f, g in opt.groupby(fam)}
+    return {f: g for f, g in opt.groupby(family_column(opt))}
 
 
 def save(fig, out: Path, name: str) -> list[str]:

@@ -1,9 +1,16 @@
 """One HTML report: every figure next to the table behind it, and the notes on what was
-excluded or could not be fitted. Also fits.json, the machine-readable summary."""
+excluded or could not be fitted. Also fits.json, the machine-readable summary.
+
+One family: the sections as they always were. Several: first the families compared (one
+figure with every family's frontier points, laws and bands and each pair's crossover, a
+table per family and the crossovers), then each family's own sections (figure files
+suffixed with the family's name), then the published-points figure with the user's
+families."""
 from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +104,34 @@ table.t td,table.t th{border-bottom:1px solid #ddd;padding:2px 8px;text-align:ri
 img{max-width:100%;border:1px solid #eee}.note{color:#a04000}"""
 
 
+def families_table(a: Analysis, per_unit: float, unit: str) -> pd.DataFrame:
+    rows = []
+    for name, sub in a.per_family.items():
+        cmin, cmax = sub.compute_range
+        law = sub.laws.get("offset") or sub.laws.get("power")
+        rows.append({"family": name, "runs": len(sub.runs), "models": sub.opt["model"].nunique() if len(sub.opt) else 0,
+                     "optima": len(sub.opt), f"compute from [{unit}]": cmin / per_unit,
+                     f"compute to [{unit}]": cmax / per_unit,
+                     "frontier law": "" if law is None else
+                     ", ".join(f"{k} = {v:.4g}" for k, v in law.params.items()) + f" ({plots.LAW_STYLE[law.form][2]})",
+                     "N_opt exponent a_N": sub.approach3.exponents()["a_N"] if sub.approach3 else np.nan,
+                     "warnings": len(sub.warnings)})
+    return pd.DataFrame(rows)
+
+
+def crossover_table(a: Analysis, per_unit: float, unit: str) -> pd.DataFrame:
+    rows = []
+    for x in a.crossovers:
+        iv = x.interval
+        rows.append({"families": " / ".join(x.families), "law": x.law,
+                     f"crossing [{unit}]": np.nan if x.flops is None else x.flops / per_unit,
+                     f"{x.level:.0%} interval [{unit}]": f"[{iv[0] / per_unit:.4g}, {iv[1] / per_unit:.4g}]" if iv
+                     else ("withheld: " + x.withheld if x.withheld else ""),
+                     "replicates crossing": x.crossing_fraction, "ahead below": x.ahead_below,
+                     "ahead above": x.ahead_above, "statement": x.statement()})
+    return pd.DataFrame(rows)
+
+
 def write_report(a: Analysis, out: Path, unit: str = "flops") -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +142,10 @@ def write_report(a: Analysis, out: Path, unit: str = "flops") -> Path:
     parts = [f"<html><head><meta charset='utf-8'><title>Scaling analysis</title><style>{CSS}</style></head><body>",
              "<h1>Scaling analysis</h1>",
              f"<p>{len(a.runs)} finished runs, {len(a.opt)} (model, epoch budget) learning-rate optima, "
-             f"{a.opt['model'].nunique() if len(a.opt) else 0} models. Compute is training FLOPs (3 x forward, "
+             f"{a.opt['model'].nunique() if len(a.opt) else 0} models"
+             + (f", {len(a.families)} architecture families ({', '.join(a.families)}), each fitted on its own"
+                if a.families else f" of family {html.escape(a.family)}" if a.family else "")
+             + ". Compute is training FLOPs (3 x forward, "
              f"2 FLOPs per MAC), shown in <b>{label}</b>"
              + ("" if parsed.kind == "flops" else " at the hardware table's default utilisation")
              + f". Intervals: {a.level:.0%} percentile intervals of a parametric bootstrap that keeps the fitted "
@@ -127,27 +165,41 @@ def write_report(a: Analysis, out: Path, unit: str = "flops") -> Path:
         for caption, df in tables:
             parts.append(f"<h3>{caption}</h3>{_table(df)}")
 
-    figure(plots.frontier_figure(a, per_unit, label), "loss_vs_compute", "Held-out loss vs compute ([S23] Fig. 2)",
-           [("Fitted laws (compute in FLOPs)", law_table(a)),
-            ("Extrapolation backtest [A22]: refit without the k largest compute budgets, log-space RMSE "
-             "at them (frontier laws: at the held-out frontier points; approach3: at every held-out run)",
-             a.backtest)])
-    trend = a.trend.rename(columns={"c": "c (lr = c E^s)", "s": "s"})
-    figure(plots.lr_figure(a), "optimal_lr", "Optimal learning rate vs epoch budget and model size ([S23] Fig. 3)",
-           [("Pooled lr law (weighted least squares over every interior optimum; t-intervals)", lr_law_table(a)),
-            ("Power law per model (each through its own 2-3 optima: scatter, not a trend, unless the pooled "
-             "law resolves it)", trend),
-            ("Optimum per (model, epoch budget); curvature of the loss in log2(lr) weighs the cell in the law",
-             a.opt[[c for c in ("model", "epochs", "lr_opt", "lr_best", "edge", "curvature", "n_lrs", "n_trials",
-                                "heldout_loss", "params", "train_flops") if c in a.opt]])])
-    params, extra = approach3_tables(a)
-    figure(plots.optimal_figure(a, per_unit, label), "optimal_size", "Compute-optimal model size and epochs "
-           "(Approach 3 [H22] with ConvNet FLOPs)", [("L(N, D) = E + A/N^alpha + B/D^beta", params),
-                                                    ("Frontier and the same-rate rule", extra),
-                                                    ("N_opt and epochs at a range of budgets",
-                                                     optimal_table(a, per_unit, label))])
-    figure(plots.isoflop_figure(a, per_unit, label), "isoflop", "IsoFLOP profiles (diagnostic, [H22] Approach 2)",
-           [("Parabola minimum vs Approach 3 N_opt per compute bin", a.isoflop)])
+    if a.families:
+        figure(plots.comparison_figure(a, per_unit, label), "family_comparison",
+               "Families compared: frontier laws and where they cross",
+               [("Families (each fitted on its own runs)", families_table(a, per_unit, label)),
+                ("Crossovers: where two families' frontier laws meet, within the union of their fitted compute "
+                 "ranges (interval: bootstrap replicates that cross there)", crossover_table(a, per_unit, label))])
+    for fam_name, f in (a.families or {"": a}).items():
+        sfx = "_" + re.sub(r"[^A-Za-z0-9_.-]", "_", fam_name) if fam_name else ""  # file names per family
+        head = f"{html.escape(fam_name)}: " if fam_name else ""
+        if fam_name:
+            parts.append(f"<h1>Family {html.escape(fam_name)}</h1>")
+        figure(plots.frontier_figure(f, per_unit, label), "loss_vs_compute" + sfx,
+               head + "Held-out loss vs compute ([S23] Fig. 2)",
+               [("Fitted laws (compute in FLOPs)", law_table(f)),
+                ("Extrapolation backtest [A22]: refit without the k largest compute budgets, log-space RMSE "
+                 "at them (frontier laws: at the held-out frontier points; approach3: at every held-out run)",
+                 f.backtest)])
+        trend = f.trend.rename(columns={"c": "c (lr = c E^s)", "s": "s"})
+        figure(plots.lr_figure(f), "optimal_lr" + sfx,
+               head + "Optimal learning rate vs epoch budget and model size ([S23] Fig. 3)",
+               [("Pooled lr law (weighted least squares over every interior optimum; t-intervals)", lr_law_table(f)),
+                ("Power law per model (each through its own 2-3 optima: scatter, not a trend, unless the pooled "
+                 "law resolves it)", trend),
+                ("Optimum per (model, epoch budget); curvature of the loss in log2(lr) weighs the cell in the law",
+                 f.opt[[c for c in ("model", "epochs", "lr_opt", "lr_best", "edge", "curvature", "n_lrs", "n_trials",
+                                    "heldout_loss", "params", "train_flops") if c in f.opt]])])
+        params, extra = approach3_tables(f)
+        figure(plots.optimal_figure(f, per_unit, label), "optimal_size" + sfx,
+               head + "Compute-optimal model size and epochs (Approach 3 [H22] with "
+               + ("ConvNet FLOPs)" if f.family in ("", "nfnet") else "the family's own FLOPs per example)"),
+               [("L(N, D) = E + A/N^alpha + B/D^beta", params), ("Frontier and the same-rate rule", extra),
+                ("N_opt and epochs at a range of budgets", optimal_table(f, per_unit, label))])
+        figure(plots.isoflop_figure(f, per_unit, label), "isoflop" + sfx,
+               head + "IsoFLOP profiles (diagnostic, [H22] Approach 2)",
+               [("Parabola minimum vs Approach 3 N_opt per compute bin", f.isoflop)])
     figure(plots.vit_figure(reference, a), "vit_comparison", "ConvNets vs Vision Transformers ([S23] Fig. 1)",
            [("Published points (with sources)", reference)])
     parts.append("</body></html>")

@@ -87,3 +87,71 @@ def make_frontier(n=30, k=60.0, b=0.05, E=0.0, noise=0.02, seed=0, cmin=1e17, cm
     c = np.exp(np.linspace(np.log(cmin), np.log(cmax), n))
     loss = (E + k * c ** (-b)) * np.exp(noise * rng.standard_normal(n))
     return c, loss
+
+
+# ------------------------------------------------------------------ families of any architecture
+
+def flops_relation_of(table: pd.DataFrame = NFNET_TABLE3) -> tuple[float, float]:
+    """(c, gamma) of forward FLOPs/example = c N^gamma, log-log least squares over a table
+    with params and macs (2 FLOPs per MAC): the NFNet family's is (c, gamma) of Table 3."""
+    gamma, logc = np.polyfit(np.log(table["params"]), np.log(2.0 * table["macs"]), 1)
+    return float(np.exp(logc)), float(gamma)
+
+
+def true_optimal(compute, law=TRUE_LAW, flops=(1.0, 1.0)):
+    """The true (N_opt, D_opt, L*) at training compute C of L(N, D) along C = 3 c N^gamma D
+    (the closed form of analysis.chinchilla, evaluated at the truth)."""
+    c, gamma = flops
+    a, b = law["alpha"], law["beta"]
+    denom = a + gamma * b
+    compute = np.asarray(compute, float)
+    n = (a * law["A"] / (gamma * b * law["B"])) ** (1.0 / denom) * (compute / (3.0 * c)) ** (b / denom)
+    d = compute / (3.0 * c * n**gamma)
+    return n, d, true_loss(n, d, law)
+
+
+def true_frontier(law=TRUE_LAW, flops=(1.0, 1.0)) -> dict[str, float]:
+    """The true compute-optimal frontier of L(N, D) along C = 3 c N^gamma D, which is exactly
+    the offset law L*(C) = E + k C^-b with b = alpha beta / (alpha + gamma beta)
+    (both terms of L fall as C^-b at the optimum)."""
+    a, b = law["alpha"], law["beta"]
+    exponent = a * b / (a + flops[1] * b)
+    c0 = 1e20
+    return {"E": law["E"], "k": float((true_optimal(c0, law, flops)[2] - law["E"]) * c0**exponent), "b": exponent}
+
+
+def make_family_runs(params, flops=(1.0, 1.0), family: str | None = "unknown", names=None, epochs=EPOCHS,
+                     lr_grid=None, seeds=1, noise=0.01, lr_curvature=0.02, dataset_size=DATASET_SIZE, seed=0,
+                     law=TRUE_LAW, per_example=None, resolution=None) -> pd.DataFrame:
+    """Runs of a "power-law family": models of the given parameter counts whose forward
+    FLOPs per example are exactly c N^gamma (`flops` = (c, gamma)), or `per_example` (one
+    value per model, e.g. from a counter), losses from L(N, D) as in make_runs. `family`
+    fills the run record's family column (None: no column, as in a CSV made elsewhere);
+    `names` default to m0, m1, ... (recognisable as no family); `resolution` fills that
+    column when given."""
+    rng = np.random.default_rng(seed)
+    lr_grid = 2.0 ** np.arange(-4, 3) if lr_grid is None else np.asarray(lr_grid)
+    params = [float(p) for p in params]
+    names = [f"m{i}" for i in range(len(params))] if names is None else list(names)
+    rows = []
+    fwds = [flops[0] * n ** flops[1] for n in params] if per_example is None else [float(f) for f in per_example]
+    for name, n, fwd in zip(names, params, fwds):
+        for ep in epochs:
+            examples = ep * dataset_size
+            best = true_loss(n, examples, law)
+            lr_opt = true_lr_opt(n, ep)
+            for lr in lr_grid:
+                for s in range(seeds):
+                    dist = np.log2(lr / lr_opt)
+                    diverged = dist > 2.5
+                    loss = (best + lr_curvature * dist**2) * np.exp(noise * rng.standard_normal())
+                    rows.append({"model": name, "params": n, "flops_per_example": fwd, "examples_seen": examples,
+                                 "epochs": ep, "lr": lr, "heldout_loss": np.nan if diverged else loss,
+                                 "train_flops": 3.0 * fwd * examples, "batch_size": BATCH, "dataset": "synthetic",
+                                 "sweep": "synthetic", "seed": s, "status": "diverged" if diverged else "done"})
+    df = pd.DataFrame(rows)
+    if family is not None:
+        df.insert(1, "family", family)
+    if resolution is not None:
+        df["resolution"] = resolution
+    return df

@@ -12,7 +12,14 @@ per worker count, never one without the other:
   cache: epoch 1 renders, later epochs mostly read the cache (with worker processes each
   worker has its own cache, so epoch 2 still renders about half).
 
+`--source fashion-mnist` measures the real Fashion-MNIST source instead (after `scaling
+data fetch fashion-mnist`): 28 px, one channel, the fashion spec's augmentation
+(zero-pad 2 + crop + flip) and batch 128, against the train step of the fashion spec's
+smallest model (the fastest step, so the hardest to keep ahead of); the images are in
+memory, so there is one rate per worker count.
+
     python bench/bench_data.py [--resolution 16] [--classes 10] [--batch 64] [--seconds 8]
+    python bench/bench_data.py --source fashion-mnist [--model 0.25,0.0625] [--seconds 8]
 """
 from __future__ import annotations
 
@@ -21,10 +28,12 @@ import os
 import time
 
 
-def pipeline_rate(spec: str, batch: int, resolution: int, workers: int, seconds: float) -> float:
+def pipeline_rate(spec: str, batch: int, resolution: int, workers: int, seconds: float,
+                  augment: dict | None = None) -> float:
     from scaling.data import get_dataset, train_iterator
 
-    it = train_iterator(get_dataset(spec), global_batch_size=batch, seed=0, resolution=resolution, worker_count=workers)
+    it = train_iterator(get_dataset(spec), global_batch_size=batch, seed=0, resolution=resolution, worker_count=workers,
+                        augment=augment)
     for _ in range(3 + 2 * workers):  # start workers, fill their buffers
         next(it)
     n, t0 = 0, time.perf_counter()
@@ -54,7 +63,8 @@ def epoch_rates(spec: str, batch: int, resolution: int, workers: int, epochs: in
     return rates
 
 
-def train_step_rate(model: str, classes: int, batch: int, resolution: int, seconds: float) -> tuple[str, float]:
+def train_step_rate(model: str, classes: int, batch: int, resolution: int, seconds: float,
+                    channels: int = 3) -> tuple[str, float]:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -67,7 +77,7 @@ def train_step_rate(model: str, classes: int, batch: int, resolution: int, secon
         depth, width = (float(x) for x in model.split(","))
         cfg = family_config(depth, width, num_classes=classes)
         net = NFNet(cfg)
-        params = init_params(cfg, jax.random.key(0), resolution)
+        params = init_params(cfg, jax.random.key(0), resolution, channels=channels)
         label = f"NFNet family depth={depth:g} width={width:g}"
 
         def apply(p, x, key):
@@ -83,7 +93,7 @@ def train_step_rate(model: str, classes: int, batch: int, resolution: int, secon
                 return nn.Dense(classes)(x.mean(axis=(1, 2)))
 
         net = SmallCNN()
-        params = net.init(jax.random.key(0), jnp.zeros((1, resolution, resolution, 3)))["params"]
+        params = net.init(jax.random.key(0), jnp.zeros((1, resolution, resolution, channels)))["params"]
         label = "small flax CNN (16-32-64 convs; scaling.models.nfnet missing)"
 
         def apply(p, x, key):
@@ -100,7 +110,7 @@ def train_step_rate(model: str, classes: int, batch: int, resolution: int, secon
         return optax.apply_updates(p, updates), s, value
 
     state = opt.init(params)
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, resolution, resolution, 3)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, resolution, resolution, channels)), jnp.float32)
     y = jnp.zeros((batch,), jnp.int32)
     key = jax.random.key(1)
     params, state, v = step(params, state, x, y, key)  # compile
@@ -113,16 +123,39 @@ def train_step_rate(model: str, classes: int, batch: int, resolution: int, secon
     return label, n / (time.perf_counter() - t0)
 
 
+def fashion_main(args) -> None:
+    """The Fashion-MNIST source against the fashion spec's smallest train step."""
+    spec, resolution, batch = "fashion-mnist", 28, args.batch or 128
+    augment = {"crop_pad": 2, "pad_mode": "zero"}  # sweeps/specs/fashion.toml's recipe
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other jobs share the cores); "
+          f"dataset {spec} (60,000 images in memory, 1 channel); batch {batch}; {resolution}x{resolution}; "
+          f"augment {augment}")
+    label, step_rate = train_step_rate(args.model or "0.25,0.0625", 10, batch, resolution, args.seconds, channels=1)
+    print(f"train step, {label}, 1 channel: {step_rate:,.0f} img/s")
+    for w in (int(x) for x in args.workers.split(",")):
+        rate = pipeline_rate(spec, batch, resolution, w, args.seconds, augment=augment)
+        print(f"pipeline, worker_count={w}: {rate:,.0f} img/s  = {rate / step_rate:.1f}x the train step"
+              f"  [load {os.getloadavg()[0]:.1f}]")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", choices=("procedural", "fashion-mnist"), default="procedural")
     ap.add_argument("--resolution", type=int, default=16)
     ap.add_argument("--classes", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--model", default="0.25,0.03125", help="depth_mult,width_mult of the family member")
+    ap.add_argument("--batch", type=int, default=None, help="default 64 (procedural), 128 (fashion-mnist)")
+    ap.add_argument("--model", default=None, help="depth_mult,width_mult of the family member "
+                    "(default 0.25,0.03125; fashion-mnist: 0.25,0.0625, its spec's smallest)")
     ap.add_argument("--workers", default="0,1,2")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--epochs", type=int, default=4, help="epochs timed on the cached (demo-sized) split")
     args = ap.parse_args()
+    if args.source == "fashion-mnist":
+        fashion_main(args)
+        return
+    args.batch = args.batch or 64
+    args.model = args.model or "0.25,0.03125"
     spec = f"procedural:classes={args.classes},res={args.resolution}"
     cached_spec = f"{spec},train_size=16384"
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other jobs share the cores); "

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -175,3 +175,24 @@ def learning_rate(step, *, peak_lr, warmup_steps, total_steps) -> jnp.ndarray:
 def apply_updates(params, direction, lr) -> Any:
     """params - lr * direction (SGD's descent step), keeping each leaf's dtype."""
     return jax.tree.map(lambda p, d: (p - lr * d).astype(p.dtype), params, direction)
+
+
+# ------------------------------------------------------------ the recipe, as a family sees it
+
+
+class Recipe(NamedTuple):
+    """What a train step needs from a family's recipe (scaling/models/registry.py):
+    `optimizer` turns gradients into a direction; `learning_rate(step, peak_lr=...,
+    warmup_steps=..., total_steps=...)` is the traced schedule; `apply_updates(params,
+    direction, lr, peak_lr)` takes the step (peak_lr lets a decoupled weight decay follow
+    the schedule's multiplier lr / peak_lr)."""
+
+    optimizer: optax.GradientTransformation
+    learning_rate: Callable
+    apply_updates: Callable
+
+
+def make_recipe(cfg: OptimConfig = OptimConfig()) -> Recipe:
+    """NFNet's recipe: the chain above, warmup + cosine, params - lr * direction."""
+    return Recipe(make_optimizer(cfg), learning_rate,
+                  lambda params, direction, lr, peak_lr: apply_updates(params, direction, lr))

@@ -9,6 +9,9 @@ study does (docs/demo.md):
      `analysis.report.write_report` writes report.html + figures;
   3. the planner answers for a budget one order of magnitude beyond the sweep's largest
      trial, i.e. an extrapolation, and says so.
+A sweep of several architecture families (e.g. `--spec compare`) gets all of it per
+family (law, lr law, plan within that family, at the same budget) and the crossover of
+each pair of families' frontier laws.
 Running it again reuses every finished trial (the enqueue is idempotent); after Ctrl-C
 the next run resumes the interrupted trials from their checkpoints.
 
@@ -50,6 +53,15 @@ class DemoResult:
     plan_error: str | None = None
     law: dict = field(default_factory=dict)  # the frontier law L = k C^-b (estimate + interval)
     lr_law: str = ""  # the pooled learning-rate law, in words (analysis.lr.LrLaw.describe)
+    # Per family {name: {"law", "lr_law", "plan", "plan_error"}}; with one family the fields
+    # above are its own, with several they are empty and the plan is per family.
+    families: dict = field(default_factory=dict)
+    crossovers: list = field(default_factory=list)  # analysis.crossover.Crossover.to_dict() per pair
+
+    @property
+    def failed(self) -> bool:
+        """No family got a plan."""
+        return not any(f["plan"] is not None for f in self.families.values()) if self.families else self.plan is None
 
 
 def _finished(counts: dict) -> int:
@@ -112,7 +124,6 @@ def _analyse(sweep, store_url: str, out: Path, resamples: int) -> dict:
     """The analysis of THIS sweep's trials (a store may hold other sweeps), then the plan."""
     import numpy as np
 
-    from analysis import planner
     from analysis.load import clean, read_store
     from analysis.pipeline import run_analysis
     from analysis.report import write_report
@@ -125,6 +136,21 @@ def _analyse(sweep, store_url: str, out: Path, resamples: int) -> dict:
         analysis = run_analysis(runs, notes, resamples=resamples)
         report = write_report(analysis, out, unit=sweep.report_unit)
     figures = sorted(report.parent.glob("*.png"))
+    # One budget for every family (comparable plans): 10x the sweep's largest trial.
+    budget = analysis.compute_range[1] * 10 ** PLAN_DECADES_BEYOND
+    families = {name: _family_summary(sub, budget) for name, sub in analysis.per_family.items()}
+    single = next(iter(families.values())) if len(families) == 1 else \
+        {"law": {}, "lr_law": "", "plan": None, "plan_error": None}
+    return {"report": report, "figures": figures, "notes": analysis.notes, **single,
+            "families": families, "crossovers": [c.to_dict() for c in analysis.crossovers]}
+
+
+def _family_summary(analysis, budget: float) -> dict:
+    """One family's frontier law, lr law and plan (within that family) at `budget`."""
+    import numpy as np
+
+    from analysis import planner
+
     law = {}
     if "power" in analysis.laws:
         fit = analysis.laws["power"]
@@ -134,31 +160,43 @@ def _analyse(sweep, store_url: str, out: Path, resamples: int) -> dict:
     if analysis.approach3 is None or analysis.opt.empty:
         error = "; ".join(n for n in analysis.notes if "Approach 3" in n or "nothing" in n) or "no law fitted"
     else:
-        budget = analysis.compute_range[1] * 10 ** PLAN_DECADES_BEYOND
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             plan = planner.plan(analysis, budget, "flops", extrapolate=True)
-    return {"report": report, "figures": figures, "notes": analysis.notes, "plan": plan,
-            "plan_error": error, "law": law,
-            "lr_law": analysis.lr_law.describe() if analysis.lr_law else ""}
+    return {"law": law, "lr_law": analysis.lr_law.describe() if analysis.lr_law else "", "plan": plan,
+            "plan_error": error}
 
 
 def summary_lines(r: DemoResult) -> list[str]:
+    lines = [f"report: {r.report}", "figures: " + ", ".join(p.name for p in r.figures)]
+    lines += [f"note: {n}" for n in r.notes if not n.startswith("crossover: ")]
+    if len(r.families) <= 1:
+        return lines + _family_lines(r.law, r.lr_law, r.plan, r.plan_error)
+    for name, f in r.families.items():
+        lines.append(f"family {name}:")
+        lines += ["  " + line for line in _family_lines(f["law"], f["lr_law"], f["plan"], f["plan_error"],
+                                                        f" --family {name}")]
+    lines.append("crossovers (where two families' frontier laws meet):" if r.crossovers else
+                 "crossovers: none computed (a family has no frontier law; see the notes)")
+    lines += [f"  {c['statement']}" for c in r.crossovers]
+    return lines
+
+
+def _family_lines(law: dict, lr_law: str, plan: dict | None, plan_error: str | None, flag: str = "") -> list[str]:
     from analysis.planner import format_plan
 
-    lines = [f"report: {r.report}", "figures: " + ", ".join(p.name for p in r.figures)]
-    lines += [f"note: {n}" for n in r.notes]
-    if r.law:
-        lo, hi = r.law["b_interval"]
-        lines.append(f"frontier law: L = {r.law['k']:.3g} x C^-{r.law['b']:.3g} "
-                     f"(b in [{lo:.3g}, {hi:.3g}], R^2 {r.law['r2']:.3f}; C in training FLOPs)")
-    if r.lr_law:
-        lines.append(f"learning-rate law: {r.lr_law}")
-    if r.plan is None:
-        lines.append(f"planner: no answer ({r.plan_error})")
+    lines = []
+    if law:
+        lo, hi = law["b_interval"]
+        lines.append(f"frontier law: L = {law['k']:.3g} x C^-{law['b']:.3g} "
+                     f"(b in [{lo:.3g}, {hi:.3g}], R^2 {law['r2']:.3f}; C in training FLOPs)")
+    if lr_law:
+        lines.append(f"learning-rate law: {lr_law}")
+    if plan is None:
+        lines.append(f"planner: no answer ({plan_error})")
         return lines
     lines.append(f"planner, for {10 ** PLAN_DECADES_BEYOND:g}x the largest trial's compute -- an EXTRAPOLATION "
-                 f"beyond every fitted run (`scaling plan --extrapolate`):")
-    lines += ["  " + line for line in format_plan({**r.plan, "notes": []}).splitlines()]
+                 f"beyond every fitted run (`scaling plan --extrapolate{flag}`):")
+    lines += ["  " + line for line in format_plan({**plan, "notes": []}).splitlines()]
     return lines
 
 
@@ -169,7 +207,7 @@ def demo(
                                 help="local worker processes (2 suits a 2-core CPU; 0: only enqueue, then report)"),
     spec: str = typer.Option(DEFAULT_SPEC, "--spec",
                              help="sweep spec to run instead of the bundled demo (a TOML path or bundled name)"),
-    resamples: int = typer.Option(1000, "--resamples", min=1, help="bootstrap resamples of the report's intervals"),
+    resamples: int = typer.Option(1000, "--resamples", help="bootstrap resamples of the report's intervals"),
     as_json: bool = typer.Option(False, "--json", help="print the summary and the plan as JSON"),
     trainer: Optional[str] = typer.Option(None, hidden=True, help="module:function (tests)"),
 ) -> None:
@@ -178,6 +216,12 @@ def demo(
     finished trials; after Ctrl-C it resumes."""
     import json
 
+    from analysis.cli import check_out_dir, check_resamples
+    from sweeps.options import MAX_LOCAL_WORKERS, check_number
+
+    check_resamples(resamples)  # every number in its range before anything runs
+    check_number("--workers", workers, 0, MAX_LOCAL_WORKERS, integer=True)
+    check_out_dir(out)
     echo = (lambda s: typer.echo(s, err=True)) if as_json else typer.echo
     try:
         r = run_demo(spec, store, out, workers=workers, trainer=trainer, resamples=resamples,
@@ -190,15 +234,15 @@ def demo(
         from analysis.pipeline import jsonable
 
         d = {k: getattr(r, k) for k in ("sweep", "store", "trials", "trained", "train_wall_seconds", "counts",
-                                        "notes", "plan", "plan_error", "law", "lr_law")}
+                                        "notes", "plan", "plan_error", "law", "lr_law", "families", "crossovers")}
         d.update(report=str(r.report), figures=[str(p) for p in r.figures])
         typer.echo(json.dumps(jsonable(d), allow_nan=False, indent=1))
     else:
         for line in summary_lines(r):
             typer.echo(line)
-    if r.plan is None:
-        raise RuntimeFailure(f"demo: the report is written ({r.report}) but the planner cannot answer: "
-                             f"{r.plan_error}")
+    if r.failed:
+        why = r.plan_error or "; ".join(f"{k}: {f['plan_error']}" for k, f in r.families.items())
+        raise RuntimeFailure(f"demo: the report is written ({r.report}) but the planner cannot answer: {why}")
 
 
 def register(app: typer.Typer) -> None:

@@ -18,9 +18,11 @@ from typing import Optional
 import typer
 
 from scaling import console
-from sweeps.options import DEFAULT_URL, WorkerOptions
+from scaling.errors import RuntimeFailure
+from sweeps.options import DEFAULT_URL, MAX_LOCAL_WORKERS, WorkerOptions, check_number
 
-STORE_HELP = "store URL: sqlite:///path.db or postgresql://user@host:port/db"
+STORE_HELP = ("store URL: sqlite:///rel/path.db (three slashes: relative to the working directory), "
+              "sqlite:////abs/path.db, or postgresql://user@host:port/db")
 _LEASE_HELP = "lease seconds; a silent worker's trial is re-claimed after it"
 _MAX_ATTEMPTS_HELP = "claims per trial before it is marked failed"
 _WORKER_DEFAULTS = WorkerOptions()
@@ -46,13 +48,18 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="machine-readable summary"),
     trainer: Optional[str] = typer.Option(None, hidden=True, help="module:function (tests)"),
 ) -> None:
-    """Enqueue SPEC's trials (idempotent) and work them with N local processes."""
+    """Enqueue SPEC's trials (idempotent) and work them with N local processes.
+
+    Exits 1 when trials of the sweep failed (with the command that lists them), 2 on bad
+    input (the spec, a changed spec under a stored sweep's name, the options, the store)."""
+    opts = WorkerOptions(lease_seconds=lease, max_attempts=max_attempts).validate()
+    check_number("--workers", workers, 0, MAX_LOCAL_WORKERS, integer=True)
     if dry_run:
         _plan(spec, None, as_json)
         return
+    from sweeps.connect import describe
     from sweeps.runner import run_sweep
 
-    opts = WorkerOptions(lease_seconds=lease, max_attempts=max_attempts)
     try:
         summary = run_sweep(spec, store, workers=workers, options=opts, trainer=trainer,
                             results_dir=results_dir, progress=not as_json and sys.stderr.isatty())
@@ -64,7 +71,13 @@ def run(
     else:
         c = summary.counts
         typer.echo(f"sweep {summary.sweep}: {summary.enqueued} new trials; "
-                   + ", ".join(f"{k} {v}" for k, v in c.items()))
+                   + ", ".join(f"{k} {v}" for k, v in c.items()) + f" (store {describe(store)})")
+    failed = summary.counts.get("failed", 0)
+    if workers > 0 and failed:
+        where = "" if store == DEFAULT_URL else f" --store '{store}'"
+        raise RuntimeFailure(f"sweep {summary.sweep}: {failed} of {summary.total} trials failed; "
+                             f"`scaling sweep status{where} --sweep '{summary.sweep}'` lists them with their reasons "
+                             "(`scaling sweep retry` re-queues them)")
 
 
 @sweep_app.command("plan")
@@ -94,7 +107,10 @@ def work_cmd(
                                    help="this is one of several jax processes forming ONE worker"),
     trainer: Optional[str] = typer.Option(None, hidden=True, help="module:function (tests)"),
 ) -> None:
-    """Join a sweep from this machine: claim and train trials until none are left."""
+    """Join a sweep from this machine: claim and train trials until none are left.
+
+    The store must exist (`scaling sweep run` makes it), and so must every --sweep
+    named, unless --wait (a worker may start before its sweep is enqueued)."""
     import logging
 
     from sweeps.worker import work
@@ -102,9 +118,10 @@ def work_cmd(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     opts = WorkerOptions(lease_seconds=lease, max_attempts=max_attempts, poll_seconds=poll,
                          exit_when_idle=not wait, sweeps=tuple(sweep_name) if sweep_name else None,
-                         max_trials=max_trials)
+                         max_trials=max_trials).validate()
     try:
-        n = work(store, trainer=trainer, options=opts, results_dir=results_dir, multihost=multihost, name=name)
+        n = work(store, trainer=trainer, options=opts, results_dir=results_dir, multihost=multihost, name=name,
+                 known_sweeps_only=not wait)
     except KeyboardInterrupt:  # its trial was handed back (sweeps/worker.py)
         typer.echo("interrupted: the trial was handed back", err=True)
         raise typer.Exit(130) from None
@@ -131,6 +148,8 @@ def status(
     from sweeps.store import Store
 
     st = Store(store, create=False)
+    if sweep_name is not None:
+        st.check_sweeps([sweep_name])
     if watch_:
         watch(st, sweep_name, lambda: st.active([sweep_name] if sweep_name else None) == 0)
     counts = st.counts(sweep_name)
@@ -219,10 +238,11 @@ def import_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Bring runs made elsewhere into the store (columns and units validated first)."""
-    from sweeps.results_io import import_file
+    from sweeps.results_io import read_runs
     from sweeps.store import Store
 
-    read, added = import_file(Store(store), file, sweep=sweep_name)
+    rows = read_runs(file, sweep=sweep_name)  # every row checked before the store is opened
+    read, added = len(rows), Store(store).insert_results(rows)
     typer.echo(json.dumps({"read": read, "added": added}) if as_json
                else f"imported {added} new runs ({read - added} already in the store)")
 
@@ -233,12 +253,18 @@ def export_cmd(
     store: str = typer.Option(DEFAULT_URL, help=STORE_HELP),
     fmt: Optional[str] = typer.Option(None, "--format", help="csv or parquet (default: from OUT)"),
     sweep_name: Optional[str] = typer.Option(None, "--sweep"),
+    force: bool = typer.Option(False, "--force", help="replace OUT if it exists"),
 ) -> None:
-    """Write every trial (or one sweep's) with its results as CSV or Parquet."""
-    from sweeps.results_io import export_file
+    """Write every trial (or one sweep's) with its results as CSV or Parquet. An existing
+    OUT is left as it is unless --force."""
+    from sweeps.results_io import check_output, export_file
     from sweeps.store import Store
 
-    n = export_file(Store(store, create=False), out, fmt=fmt, sweep=sweep_name)
+    check_output(out, force=force)  # before the store is opened
+    st = Store(store, create=False)
+    if sweep_name is not None:
+        st.check_sweeps([sweep_name])
+    n = export_file(st, out, fmt=fmt, sweep=sweep_name, force=force)
     typer.echo(f"wrote {n} runs to {out}")
 
 
@@ -275,6 +301,9 @@ def _plan(spec_path: str, unit: Optional[str], as_json: bool) -> None:
 
     spec = load_spec(spec_path)
     trials = expand(spec)
+    if not spec.dataset_checked:  # planning a pod's sweep from a laptop: allowed, and said
+        typer.echo(f"note: dataset {spec.dataset} is not on this machine, so it was not checked (its sizes are "
+                   "the spec's); `scaling sweep run` checks it where it trains", err=True)
     unit = unit or spec.report_unit
     flops = total_train_flops(spec, trials)
     hours = None

@@ -67,6 +67,8 @@ def extend_sweep(store, sweep: str) -> int:
     """
     import json
 
+    from sweeps.store import model_family
+
     spec = store.sweep_spec(sweep)
     if spec is None or "lr_extension" not in spec:
         return 0
@@ -82,6 +84,9 @@ def extend_sweep(store, sweep: str) -> int:
         for lr, reason in next_lrs(rows, policy):
             proto = rows[0]
             cfg = dict(proto["config"], lr=lr)
+            family = proto.get("family") or model_family(proto["model"])
+            nfnet = family in (None, "nfnet")  # NFNet rows always carry multipliers (1.0 in old stores)
             new.append(Trial(sweep, cfg, reason, proto["params"], proto["flops_per_example"],
-                             proto["depth_mult"] or 1.0, proto["width_mult"] or 1.0))
+                             (proto["depth_mult"] or 1.0) if nfnet else proto["depth_mult"],
+                             (proto["width_mult"] or 1.0) if nfnet else proto["width_mult"], family))
     return store.enqueue(new) if new else 0

@@ -11,6 +11,7 @@ FORCE_GRACE_SECONDS). Either way `run_sweep` then raises KeyboardInterrupt (exit
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from scaling.errors import RuntimeFailure
+from scaling.errors import BadInput, RuntimeFailure
+from scaling.train.config import identity_of
+from scaling.train.workdir import ensure_dir
 from sweeps.lr_extension import extend_sweep
 from sweeps.options import WorkerOptions
 from sweeps.spec import SweepSpec, expand, load_spec
@@ -42,17 +45,93 @@ class RunSummary:
     worker_exit_codes: list[int]
 
 
-def spec_record(spec: SweepSpec) -> dict:
-    """What workers need to know about a sweep beyond its trials (stored in `sweeps`)."""
-    return {"mode": spec.mode, "lr_extension": spec.lr_extension.to_json(), "report_unit": spec.report_unit,
-            "lrs": list(spec.lrs)}
+# A sweep's record in the store (`sweeps` table): what workers need beyond its trials
+# (the LR-extension policy and the original LR grid), and what its cells ARE. A spec run
+# again under the same name must keep all of it except the cells, which it may only add
+# to (more models, epoch or IsoFLOP budgets, seeds); anything else would mix old and new
+# trials under one name and one policy, so it is refused (`check_same_sweep`). Changes of
+# operational recipe fields (checkpoint cadence, logging) are not part of the record.
+RECORD_FIXED = {"mode": "grid", "dataset": "dataset", "num_classes": "num_classes",
+                "train_examples": "train_examples", "batch_size": "batch_size", "resolution": "resolution",
+                "eval_resolution": "eval_resolution", "recipe": "recipe", "budget_unit": "isoflop.unit",
+                "lrs": "lr", "lr_extension": "lr_extension"}
+RECORD_GROWS = {"models": "models", "epochs": "grid.epochs", "budgets": "isoflop.budgets", "seeds": "seeds"}
+
+
+def spec_record(spec: SweepSpec, trials: list | None = None) -> dict:
+    """What the store keeps about a sweep beyond its trials (the `sweeps` table)."""
+    trials = expand(spec) if trials is None else trials
+    record = {"mode": spec.mode, "lr_extension": spec.lr_extension.to_json(), "report_unit": spec.report_unit,
+              "lrs": list(spec.lrs), "dataset": spec.dataset, "num_classes": spec.num_classes,
+              "train_examples": spec.train_examples, "batch_size": spec.batch_size,
+              "resolution": spec.resolution, "eval_resolution": spec.eval_resolution,
+              "recipe": identity_of(spec.recipe), "budget_unit": spec.budget_unit if spec.budgets else None,
+              "models": sorted({t.config["model"] for t in trials}), "epochs": list(spec.epochs),
+              "budgets": list(spec.budgets), "seeds": list(spec.seeds)}
+    return json.loads(json.dumps(record))  # as it reads back from the store
+
+
+def _spec_key(key: str, mode: str) -> str:
+    label = RECORD_FIXED.get(key) or RECORD_GROWS[key]
+    return f"{mode}.{label}" if label in ("lr", "models") else label
+
+
+def _refusal(name: str, key: str, what: str) -> BadInput:
+    return BadInput(f"{key}: sweep {name!r} is in the store with {what}; its stored and new trials would mix "
+                    f"under one name and policy: give this spec a new name (e.g. name = \"{name}-v2\") or keep "
+                    "the stored value (nothing was changed)")
+
+
+def check_same_sweep(name: str, stored: dict | None, new: dict) -> None:
+    """Refuse (BadInput) a spec that would change a stored sweep (see RECORD_FIXED).
+    A record written by an older program has fewer keys: those it has are compared."""
+    if stored is None:
+        return
+    mode = stored.get("mode", new["mode"])
+    for key in RECORD_FIXED:
+        if key in stored and stored[key] != new[key]:
+            raise _refusal(name, _spec_key(key, mode), f"{key} {_shown(stored[key])}; this spec has {_shown(new[key])}")
+    for key in RECORD_GROWS:
+        dropped = [v for v in stored.get(key, []) if v not in new[key]]
+        if dropped:
+            raise _refusal(name, _spec_key(key, mode), f"{key} {_shown(stored[key])}; this spec drops "
+                           f"{_shown(dropped)} (a spec may add {key}, not remove them)")
+
+
+def _shown(v) -> str:
+    return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else repr(v)
+
+
+def check_cells(spec: SweepSpec, store: Store, trials: list) -> None:
+    """The identity of the stored cells: a trial of this spec at a stored (model, epochs,
+    lr, seed) must be the stored trial. Catches what an older sweep record does not say
+    (it kept only the LR policy), e.g. a changed recipe or dataset."""
+    stored = {}
+    for r in store.rows(spec.name):
+        if r["reason"] != "imported" and r["epochs"] is not None:
+            stored[(r["model"], float(r["epochs"]), float(r["lr"]), r["seed"])] = r
+    for t in trials:
+        c = t.config
+        old = stored.get((c["model"], float(c["epochs"]), float(c["lr"]), int(c.get("seed", 0))))
+        if old is None or old["identity"] == t.trial_id:
+            continue
+        mine, theirs = identity_of(c), identity_of(json.loads(old["config_json"]))
+        fields = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)) or ["recipe"]
+        key = fields[0] if fields[0] in RECORD_FIXED.values() else f"recipe.{fields[0]}"
+        raise _refusal(spec.name, key, f"trial {old['trial_id'][:12]} ({c['model']}, epochs {c['epochs']:g}, lr "
+                       f"{c['lr']:g}) computed with other {', '.join(fields)} ({_shown(theirs.get(fields[0]))}; "
+                       f"this spec has {_shown(mine.get(fields[0]))})")
 
 
 def enqueue_spec(spec: SweepSpec, store: Store, trials: list | None = None) -> int:
     """Idempotent: re-running a spec adds only what is missing (incl. due LR extensions).
-    `trials`: `expand(spec)` when the caller has it already."""
+    `trials`: `expand(spec)` when the caller has it already. A spec that would change a
+    stored sweep of the same name is refused before anything is written."""
     trials = expand(spec) if trials is None else trials
-    store.record_sweep(spec.name, spec_record(spec))
+    record = spec_record(spec, trials)
+    check_same_sweep(spec.name, store.sweep_spec(spec.name), record)  # the record's own words first
+    check_cells(spec, store, trials)
+    store.record_sweep(spec.name, record, check=lambda stored: check_same_sweep(spec.name, stored, record))
     added = store.enqueue(trials)
     return added + extend_sweep(store, spec.name)
 
@@ -144,6 +223,8 @@ def run_sweep(spec_path: str, store_url: str, *, workers: int = 2, options: Work
     waits for them to hand their trials back), RuntimeFailure if a worker failed."""
     spec = load_spec(spec_path, require_data=True)  # BadInput before anything touches the store
     trials = expand(spec)  # ... including a bad recipe value, found at expansion
+    if results_dir is not None:
+        ensure_dir(results_dir, "--results-dir")  # a file in its place, read-only: before the store
     store = Store(store_url, results_dir=results_dir)
     added = enqueue_spec(spec, store, trials)
     codes: list[int] = []

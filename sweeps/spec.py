@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling.errors import BadInput, closest
+from scaling.models import registry  # pure: names, families, counts and recipes of every model family
 from scaling.train.config import GRID_OWNED, TrainConfig, shape_of
 from sweeps.ids import canonical_json, trial_id  # noqa: F401  (re-exported: the spec's ids)
 
@@ -24,11 +25,18 @@ TOP_KEYS = {
     "batch_size", "resolution", "eval_resolution", "seeds", "report_unit",
     "recipe", "grid", "isoflop", "lr_extension",
 }
-GRID_KEYS = {"models", "depth_mults", "width_mults", "epochs", "lr"}
-ISOFLOP_KEYS = {"budgets", "unit", "models", "depth_mults", "width_mults", "lr"}
+# A [grid] / [isoflop] table, or each table of a [[grid]] / [[isoflop]] array (one group of
+# models with its own budgets, LR grid and recipe; e.g. one per architecture family). The
+# continuous families' own keys (depth_mults/width_mults for NFNet, vit_* for ViT) come
+# from the family registry (scaling/models/registry.py).
+GRID_KEYS = {"models", "depth_mults", "width_mults", "epochs", "lr", "recipe"} | registry.grid_keys()
+ISOFLOP_KEYS = {"budgets", "unit", "models", "depth_mults", "width_mults", "lr", "recipe"} | registry.grid_keys()
 LR_KEYS = {"centre", "center", "steps", "values"}
 EXTENSION_KEYS = {"enabled", "max_steps", "min_lr", "max_lr"}
 BUNDLED_DIR = Path(__file__).parent / "specs"
+MAX_NAME = 100  # a sweep's name: its trials/<name>/ folder and the store's column (200)
+MAX_DATASET = 200  # the store's `dataset` column
+MAX_LR_STEPS = 20  # factor-2 steps each side of an LR centre (2**20: six decades)
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,8 @@ class LRExtension:
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A preset name ("F0", "F3+") or a point of the continuous family (depth, width)."""
+    """A model name of any family ("F0", "F3+", "ViT-S/16", "vit-w64-d4-m256-h2-p4"), or a
+    point (depth, width) of the continuous NFNet family."""
 
     name: str | None = None
     depth_mult: float | None = None
@@ -73,8 +82,9 @@ class Trial:
     reason: str = "grid"
     params: int | None = None
     flops_per_example: float | None = None  # forward, at train resolution, 2 per MAC
-    depth_mult: float = 1.0  # as recorded by the model config (presets: F<n> has n+1)
-    width_mult: float = 1.0
+    depth_mult: float | None = 1.0  # NFNet: as recorded by the model config (F<n> has n+1); None for other families
+    width_mult: float | None = 1.0
+    family: str | None = None  # architecture family (registry); None: read from the model name
 
     @property
     def trial_id(self) -> str:
@@ -83,6 +93,21 @@ class Trial:
     @property
     def shape(self) -> str:
         return shape_key(self.config)
+
+
+@dataclass(frozen=True)
+class SweepGroup:
+    """Models that share budgets, an LR grid and a recipe: the spec's one [grid]/[isoflop]
+    table, or one table of a [[grid]]/[[isoflop]] array (e.g. one per architecture family,
+    each with the LR grid and optimizer table of its own recipe)."""
+
+    models: tuple[ModelRef, ...]
+    lrs: tuple[float, ...]
+    epochs: tuple[float, ...] = ()  # grid mode
+    budgets: tuple[float, ...] = ()  # IsoFLOP mode, in `budget_unit`
+    budget_unit: str = "flops"
+    recipe: dict = field(default_factory=dict)  # the spec's [recipe], updated by the group's own
+    where: str = "grid."  # the spec key of its table, for messages ("grid." or "grid[1].")
 
 
 @dataclass(frozen=True)
@@ -105,10 +130,24 @@ class SweepSpec:
     lr_extension: LRExtension = LRExtension()
     report_unit: str = "tpu-v4-core-hours"
     description: str = ""
+    # False when the dataset lives at a path this machine lacks (planning a pod's sweep
+    # from a laptop): its existence and sizes were taken on the spec's word.
+    dataset_checked: bool = True
+    # The groups of a [[grid]] / [[isoflop]] array; empty for one [grid] / [isoflop] table,
+    # whose models, LRs, budgets and recipe are the fields above. With groups, those fields
+    # hold the union over the groups (models, LRs, budgets) and the top-level [recipe].
+    groups: tuple[SweepGroup, ...] = ()
 
     @property
     def mode(self) -> str:
         return "isoflop" if self.budgets else "grid"
+
+    def all_groups(self) -> tuple[SweepGroup, ...]:
+        """The groups to expand: the array's, or the one table's."""
+        if self.groups:
+            return self.groups
+        return (SweepGroup(self.models, self.lrs, self.epochs, self.budgets, self.budget_unit, self.recipe,
+                           f"{self.mode}."),)
 
 
 # ---------------------------------------------------------------- hashing
@@ -171,15 +210,15 @@ def _lr_grid(value: Any, key: str) -> tuple[float, ...]:
             raise BadInput(f"{key}.centre: missing; give e.g. {key} = {{ centre = 1.6, steps = 2 }}")
         centre = _positive_list(value[centre_key], f"{key}.{centre_key}")[0]
         steps = value.get("steps", 1)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise BadInput(f"{key}.steps: {steps!r} must be a whole number >= 0 (factor-2 steps each side)")
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= MAX_LR_STEPS:
+            raise BadInput(f"{key}.steps: {steps!r} must be a whole number in [0, {MAX_LR_STEPS}] "
+                           "(factor-2 steps each side)")
         return tuple(centre * 2.0 ** k for k in range(-steps, steps + 1))
     return tuple(sorted(_positive_list(value, key)))
 
 
 def _model_refs(table: dict, where: str) -> tuple[ModelRef, ...]:
     refs: list[ModelRef] = []
-    has_family = "depth_mults" in table or "width_mults" in table
     if "models" in table:
         names = table["models"] if isinstance(table["models"], list) else [table["models"]]
         if not names:
@@ -191,15 +230,12 @@ def _model_refs(table: dict, where: str) -> tuple[ModelRef, ...]:
             dup = next(n for n in names if names.count(n) > 1)
             raise BadInput(f"{where}models: duplicate entry {dup!r}; list each model once")
         refs += [ModelRef(name=n) for n in names]
-    if has_family:
-        if "depth_mults" not in table or "width_mults" not in table:
-            missing = "depth_mults" if "depth_mults" not in table else "width_mults"
-            raise BadInput(f"{where}{missing}: missing; the family grid needs both depth_mults and width_mults")
-        depths = _positive_list(table["depth_mults"], f"{where}depth_mults")
-        widths = _positive_list(table["width_mults"], f"{where}width_mults")
-        refs += [ModelRef(depth_mult=d, width_mult=w) for d in depths for w in widths]
+    # The continuous families' axes (NFNet depth_mults x width_mults, ViT vit_widths x ...),
+    # as canonical names (get_config parses them back: the same configs, the same ids).
+    refs += [ModelRef(name=n) for n in registry.grid_names(table, where)]
     if not refs:
-        raise BadInput(f"{where}models: no models; give models = [...] or depth_mults and width_mults")
+        raise BadInput(f"{where}models: no models; give models = [...] or a family's axes "
+                       "(depth_mults and width_mults; vit_widths, vit_depths and vit_patch_sizes)")
     return tuple(refs)
 
 
@@ -208,26 +244,30 @@ def _model_refs(table: dict, where: str) -> tuple[ModelRef, ...]:
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
-    depth_mult: float
-    width_mult: float
+    depth_mult: float | None  # NFNet's multipliers; None for other families
+    width_mult: float | None
     params: int
     flops_per_example: float  # forward FLOPs at the train resolution (2 per MAC)
     train_flops_per_example: float  # 3 x forward (forward + backward; docs/units.md#three-records-per-run)
+    family: str = "nfnet"  # the architecture family (scaling/models/registry.py)
 
 
 def describe_model(ref: ModelRef, *, num_classes: int, resolution: int) -> ModelInfo:
-    """Resolve a model reference with the pure config/count modules (BadInput if unknown)."""
-    from scaling.models.config import family_config, get_config, model_name
-    from scaling.models.counts import count
+    """Resolve a model reference of any family with the pure registry (BadInput if unknown)."""
+    from scaling.models.config import family_config
 
     if ref.name is not None:
-        cfg = get_config(ref.name, num_classes=num_classes)
+        cfg = registry.get_config(ref.name, num_classes=num_classes)
     else:
         cfg = family_config(ref.depth_mult, ref.width_mult, num_classes=num_classes)
-    counts = count(cfg, resolution)
+    fam = registry.family_of(cfg)
+    counts = fam.count(cfg, resolution)
+    shape = fam.shape(cfg)
+    depth, width = shape.get("depth_mult"), shape.get("width_mult")
     # The canonical name ("f3+" -> "F3+"): one spelling per model, so one trial id.
-    return ModelInfo(model_name(cfg), float(cfg.depth_mult), float(cfg.width_mult), int(counts.params),
-                     float(counts.flops), float(counts.train_flops))
+    return ModelInfo(fam.model_name(cfg), None if depth is None else float(depth),
+                     None if width is None else float(width), int(counts.params),
+                     float(counts.flops), float(counts.train_flops), fam.name)
 
 
 # ---------------------------------------------------------------- parsing
@@ -243,10 +283,18 @@ def load_spec(path: str | Path, *, require_data: bool = False) -> SweepSpec:
     if not p.exists():
         bundled = ", ".join(sorted(q.stem for q in BUNDLED_DIR.glob("*.toml")))
         raise BadInput(f"spec: {path} does not exist; give a TOML file or a bundled name ({bundled})")
+    if not p.is_file():
+        raise BadInput(f"spec: {p} is a folder, not a file; give the path of a TOML spec")
     try:
-        data = tomllib.loads(p.read_text())
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BadInput(f"spec: {p} is not a UTF-8 text file (byte {err.start}); give a TOML spec") from None
+    except OSError as err:
+        raise BadInput(f"spec: cannot read {p} ({err.strerror}); check the path and its permissions") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise BadInput(f"spec: {p} is not valid TOML ({err}); fix the syntax") from None
+        raise BadInput(f"spec: {p} is not valid TOML ({str(err).splitlines()[0]}); fix the syntax") from None
     return parse_spec(data, default_name=p.stem, require_data=require_data)
 
 
@@ -285,11 +333,16 @@ def parse_spec(data: dict, *, default_name: str = "sweep", require_data: bool = 
     name = data.get("name", default_name)
     if not isinstance(name, str) or not name.strip():
         raise BadInput("name: must be a non-empty string; e.g. name = \"demo\"")
+    if len(name) > MAX_NAME:  # the store's column, and the trials/<sweep>/ folder name
+        raise BadInput(f"name: {len(name)} characters; use at most {MAX_NAME}")
     if "dataset" not in data:
         raise BadInput("dataset: missing; e.g. dataset = \"procedural\"")
     dataset = data["dataset"]
     if not isinstance(dataset, str) or not dataset:
         raise BadInput("dataset: must be a dataset spec string; e.g. dataset = \"procedural\"")
+    if len(dataset) > MAX_DATASET:  # the store's `dataset` column
+        raise BadInput(f"dataset: {len(dataset)} characters; the store keeps at most {MAX_DATASET} (move the data "
+                       "to a shorter path or link it)")
     if "batch_size" not in data:
         raise BadInput("batch_size: missing; add it to the top level of the spec")
     batch_size = _positive_int(data["batch_size"], "batch_size")
@@ -330,50 +383,72 @@ def parse_spec(data: dict, *, default_name: str = "sweep", require_data: bool = 
     if not isinstance(ext_raw, dict):
         raise BadInput("lr_extension: must be a table; write [lr_extension] with enabled/max_steps/min_lr/max_lr")
     _check_keys(ext_raw, EXTENSION_KEYS, "lr_extension.")
-    ext = LRExtension(
-        enabled=bool(ext_raw.get("enabled", True)),
-        max_steps=int(ext_raw.get("max_steps", LRExtension.max_steps)),
-        min_lr=float(ext_raw.get("min_lr", 0.0)),
-        max_lr=float(ext_raw.get("max_lr", math.inf)),
-    )
-    if ext.max_steps < 0:
-        raise BadInput("lr_extension.max_steps: must be >= 0; it bounds the extra factor-2 steps per edge")
-    if ext.min_lr < 0 or ext.max_lr <= ext.min_lr:
-        raise BadInput("lr_extension.max_lr: must exceed min_lr >= 0; fix the bounds")
+    ext = _lr_extension(ext_raw)
     report_unit = data.get("report_unit", "tpu-v4-core-hours")
-    common = dict(name=name, dataset=dataset, num_classes=num_classes, batch_size=batch_size,
+    _check_unit(report_unit, "report_unit", allow_epochs=False)
+    common = dict(dataset_checked=facts is not None,
+                  name=name, dataset=dataset, num_classes=num_classes, batch_size=batch_size,
                   resolution=resolution, eval_resolution=eval_resolution, seeds=tuple(seeds_raw),
                   train_examples=train_examples, heldout_examples=heldout_examples, recipe=recipe,
                   lr_extension=ext, report_unit=report_unit,
                   description=str(data.get("description", "")))
 
-    if "grid" in data:
-        grid = data["grid"]
-        _check_keys(grid, GRID_KEYS, "grid.")
-        for key in ("epochs", "lr"):
-            if key not in grid:
-                raise BadInput(f"grid.{key}: missing; the grid needs models, epochs and lr")
-        spec = SweepSpec(models=_model_refs(grid, "grid."), epochs=tuple(sorted(_positive_list(grid["epochs"], "grid.epochs"))),
-                         lrs=_lr_grid(grid["lr"], "grid.lr"), **common)
+    mode = "grid" if "grid" in data else "isoflop"
+    raw = data[mode]
+    if isinstance(raw, list):  # [[grid]] / [[isoflop]]: groups, each with its own LRs and recipe
+        if not raw:
+            raise BadInput(f"{mode}: empty array; give at least one [[{mode}]] table")
+        groups = tuple(_parse_group(t, mode, f"{mode}[{i}].", recipe, train_examples) for i, t in enumerate(raw))
+        models = tuple(dict.fromkeys(ref for g in groups for ref in g.models))
+        spec = SweepSpec(models=models, lrs=tuple(sorted({lr for g in groups for lr in g.lrs})),
+                         epochs=tuple(sorted({e for g in groups for e in g.epochs})),
+                         budgets=tuple(sorted({b for g in groups for b in g.budgets})),
+                         budget_unit=groups[0].budget_unit, groups=groups, **common)
     else:
-        iso = data["isoflop"]
-        _check_keys(iso, ISOFLOP_KEYS, "isoflop.")
-        for key in ("budgets", "lr"):
-            if key not in iso:
-                raise BadInput(f"isoflop.{key}: missing; IsoFLOP specs need budgets, unit, models and lr")
-        unit = iso.get("unit", "flops")
-        _check_unit(unit, "isoflop.unit")
-        if train_examples is None:
-            raise BadInput("train_examples: missing; IsoFLOP budgets need the training-set size to turn compute into epochs")
-        spec = SweepSpec(models=_model_refs(iso, "isoflop."), budgets=tuple(sorted(_positive_list(iso["budgets"], "isoflop.budgets"))),
-                         budget_unit=unit, lrs=_lr_grid(iso["lr"], "isoflop.lr"), **common)
+        g = _parse_group(raw, mode, f"{mode}.", recipe, train_examples)
+        spec = SweepSpec(models=g.models, lrs=g.lrs, epochs=g.epochs, budgets=g.budgets, budget_unit=g.budget_unit,
+                         groups=(g,) if g.recipe != recipe else (), **common)
     # Resolving every model now catches unknown names before anything is enqueued.
-    for ref in spec.models:
-        _model_info(spec, ref)
+    for g in spec.all_groups():
+        for ref in g.models:
+            _model_info(spec, ref, g.where)
     return spec
 
 
-def _check_unit(unit: Any, key: str) -> None:
+def _parse_group(table: Any, mode: str, where: str, recipe: dict, train_examples: int | None) -> SweepGroup:
+    """One [grid] / [isoflop] table (or one table of the array): models, budgets, LRs and
+    the group's own recipe on top of the spec's [recipe]."""
+    if not isinstance(table, dict):
+        raise BadInput(f"{where.rstrip('.')}: must be a table of models, budgets and lr; write [{mode}] or [[{mode}]]")
+    _check_keys(table, GRID_KEYS if mode == "grid" else ISOFLOP_KEYS, where)
+    own = table.get("recipe", {})
+    if not isinstance(own, dict):
+        raise BadInput(f"{where}recipe: must be a table, e.g. recipe = {{ optimizer = {{ weight_decay = 0.0 }} }}")
+    for key in own:
+        if key in GRID_OWNED:
+            raise BadInput(f"{where}recipe.{key}: set by the grid, not the recipe; move it to the top level or [{mode}]")
+    _check_keys(own, train_config_fields() - GRID_OWNED, f"{where}recipe.")
+    merged = {**recipe, **own}
+    if mode == "grid":
+        for key in ("epochs", "lr"):
+            if key not in table:
+                raise BadInput(f"{where}{key}: missing; the grid needs models, epochs and lr")
+        return SweepGroup(models=_model_refs(table, where),
+                          epochs=tuple(sorted(_positive_list(table["epochs"], f"{where}epochs"))),
+                          lrs=_lr_grid(table["lr"], f"{where}lr"), recipe=merged, where=where)
+    for key in ("budgets", "lr"):
+        if key not in table:
+            raise BadInput(f"{where}{key}: missing; IsoFLOP specs need budgets, unit, models and lr")
+    unit = table.get("unit", "flops")
+    _check_unit(unit, f"{where}unit")
+    if train_examples is None:
+        raise BadInput("train_examples: missing; IsoFLOP budgets need the training-set size to turn compute into epochs")
+    return SweepGroup(models=_model_refs(table, where),
+                      budgets=tuple(sorted(_positive_list(table["budgets"], f"{where}budgets"))),
+                      budget_unit=unit, lrs=_lr_grid(table["lr"], f"{where}lr"), recipe=merged, where=where)
+
+
+def _check_unit(unit: Any, key: str, *, allow_epochs: bool = False) -> None:
     if not isinstance(unit, str):
         raise BadInput(f"{key}: must be a unit name such as \"flops\" or \"tpu-v4-core-hours\"")
     from scaling.units import parse_unit
@@ -382,8 +457,34 @@ def _check_unit(unit: Any, key: str) -> None:
         kind = parse_unit(unit).kind
     except BadInput as err:
         raise BadInput(f"{key}: {str(err).removeprefix('unit: ')}") from None
-    if kind == "epochs":
+    if kind == "epochs" and not allow_epochs:
+        if key == "report_unit":
+            raise BadInput(f"{key}: epochs depend on the model, so they cannot total a sweep's compute; "
+                           "use flops or an hours unit")
         raise BadInput(f"{key}: epochs are not an IsoFLOP budget; use [grid] epochs = [...] instead")
+
+
+def _lr_extension(raw: dict) -> LRExtension:
+    """[lr_extension], each value of its own type and range (a quoted "false" is no bool)."""
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise BadInput(f"lr_extension.enabled: {enabled!r} is not true or false; write it without quotes")
+    max_steps = raw.get("max_steps", LRExtension.max_steps)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or not 0 <= max_steps <= MAX_LR_STEPS:
+        raise BadInput(f"lr_extension.max_steps: {max_steps!r} must be a whole number in [0, {MAX_LR_STEPS}]; "
+                       "it bounds the extra factor-2 steps per edge")
+    bounds = {}
+    for key, default in (("min_lr", 0.0), ("max_lr", math.inf)):
+        v = raw.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or v < 0 \
+                or (key == "min_lr" and math.isinf(v)):
+            raise BadInput(f"lr_extension.{key}: {v!r} must be a number >= 0"
+                           + (" (max_lr may be inf: no bound)" if key == "max_lr" else ""))
+        bounds[key] = float(v)
+    if bounds["max_lr"] <= bounds["min_lr"]:
+        raise BadInput(f"lr_extension.max_lr: {bounds['max_lr']:g} must exceed min_lr {bounds['min_lr']:g}; fix the bounds")
+    return LRExtension(enabled=enabled, max_steps=max_steps, **bounds)
+
 
 
 def _check_recipe_keys(recipe: dict) -> None:
@@ -391,14 +492,36 @@ def _check_recipe_keys(recipe: dict) -> None:
     _check_keys(recipe, train_config_fields() - GRID_OWNED, "recipe.")
 
 
-def _check_recipe_values(config: dict) -> None:
-    """One trial's config through TrainConfig's own checks: a bad recipe value (e.g.
-    compute_dtype = "bf17") is refused with the spec, not by every trial as it starts.
-    The recipe is the same in every trial, so one suffices."""
-    try:
-        TrainConfig.from_dict(config).validate()
-    except BadInput as err:
-        raise BadInput(f"recipe.{err}") from None
+def _spec_key(spec: "SweepSpec", field: str) -> str | None:
+    """The spec key that sets a TrainConfig field (None: the field comes from [recipe])."""
+    grid = spec.mode
+    budget = "isoflop.budgets" if spec.mode == "isoflop" else "grid.epochs"
+    return {"epochs": budget, "budget": budget, "lr": f"{grid}.lr", "seed": "seeds", "batch_size": "batch_size",
+            "resolution": "resolution", "eval_resolution": "eval_resolution", "dataset": "dataset",
+            "model": f"{grid}.models", "depth_mult": f"{grid}.depth_mults",
+            "width_mult": f"{grid}.width_mults"}.get(field)
+
+
+def _check_trials(spec: "SweepSpec", trials: list["Trial"]) -> None:
+    """Everything a trial needs before it starts, checked for EVERY trial at expansion, so
+    bad input is refused with the spec instead of failing trial by trial in the workers:
+    each config through TrainConfig's own checks (a recipe value such as compute_dtype =
+    "bf17", a seed or learning rate out of range) and, when the training-set size is
+    known, its step plan (a batch larger than an epoch, a budget under one step or beyond
+    the int32 step counter: scaling.train.budget.plan_steps, as the trainer will run it)."""
+    from scaling.train.budget import plan_steps
+
+    for t in trials:
+        try:
+            TrainConfig.from_dict(t.config).validate()
+            if spec.train_examples is not None:
+                plan_steps(epochs=t.config["epochs"], budget=None, unit=None, utilization=None,
+                           batch_size=spec.batch_size, train_size=spec.train_examples,
+                           train_flops_per_example=3.0 * t.flops_per_example)
+        except BadInput as err:
+            field, _, rest = str(err).partition(":")
+            key = _spec_key(spec, field.strip())
+            raise BadInput(f"{key}:{rest}" if key else f"recipe.{err}") from None
 
 
 def train_config_fields() -> set[str]:
@@ -408,24 +531,24 @@ def train_config_fields() -> set[str]:
     return {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-def _model_info(spec: SweepSpec, ref: ModelRef) -> ModelInfo:
+def _model_info(spec: SweepSpec, ref: ModelRef, where: str | None = None) -> ModelInfo:
     try:
         return describe_model(ref, num_classes=spec.num_classes, resolution=spec.resolution)
     except BadInput as err:
-        where = "isoflop" if spec.mode == "isoflop" else "grid"
-        raise BadInput(f"{where}.{err}") from None
+        where = where or ("isoflop." if spec.mode == "isoflop" else "grid.")
+        raise BadInput(f"{where}{err}") from None
 
 
 # ---------------------------------------------------------------- expansion
 
-def budget_to_flops(spec: SweepSpec, budget: float) -> float:
+def budget_to_flops(spec: SweepSpec, budget: float, unit: str | None = None) -> float:
     from scaling.units import to_flops
 
-    return float(to_flops(budget, spec.budget_unit))
+    return float(to_flops(budget, unit or spec.budget_unit))
 
 
-def base_config(spec: SweepSpec, info: ModelInfo, ref: ModelRef) -> dict:
-    cfg = dict(spec.recipe)
+def base_config(spec: SweepSpec, info: ModelInfo, ref: ModelRef, group: SweepGroup | None = None) -> dict:
+    cfg = dict(spec.recipe if group is None else group.recipe)
     # Family points go by their canonical name ("nfnet-d0.5-w0.125"), which
     # get_config parses back: one spelling per model, so one trial id.
     cfg["model"] = info.name
@@ -437,34 +560,42 @@ def base_config(spec: SweepSpec, info: ModelInfo, ref: ModelRef) -> dict:
 def expand(spec: SweepSpec) -> list[Trial]:
     """Every (model, epochs, lr, seed) of the spec as a Trial, in a deterministic order."""
     trials: list[Trial] = []
-    for ref in spec.models:
-        info = _model_info(spec, ref)
-        if spec.mode == "grid":
-            epoch_list = list(spec.epochs)
-        else:
-            epoch_list = []
-            for budget in spec.budgets:
-                flops = budget_to_flops(spec, budget)
-                epochs = flops / (info.train_flops_per_example * spec.train_examples)
-                steps = epochs * spec.train_examples / spec.batch_size
-                if steps < 1:
-                    need = info.train_flops_per_example * spec.batch_size
-                    raise BadInput(
-                        f"isoflop.budgets: {budget:g} {spec.budget_unit} buys {steps:.3g} steps of {info.name} "
-                        f"(one step costs {need:.3g} FLOPs); raise the budget or drop the model")
-                epoch_list.append(float(f"{epochs:.6g}"))  # 6 significant digits: a stable hash
-        for epochs in epoch_list:
-            for lr in spec.lrs:
-                for seed in spec.seeds:
-                    cfg = base_config(spec, info, ref)
-                    cfg.update(epochs=epochs, lr=lr, seed=seed)
-                    trials.append(Trial(spec.name, cfg, "grid", info.params, info.flops_per_example,
-                                        info.depth_mult, info.width_mult))
-    if trials:
-        _check_recipe_values(trials[0].config)
+    for group in spec.all_groups():
+        for ref in group.models:
+            trials += _expand_model(spec, group, ref)
+    _check_trials(spec, trials)
     ids = [t.trial_id for t in trials]
     if len(set(ids)) != len(ids):
         raise BadInput("grid: two entries expand to the same trial (e.g. a preset and its family point); remove the duplicate")
+    return trials
+
+
+def _expand_model(spec: SweepSpec, group: SweepGroup, ref: ModelRef) -> list[Trial]:
+    """One model of one group: its epoch budgets (IsoFLOP: the epochs that spend each
+    budget on THIS model) x the group's LRs x the seeds."""
+    info = _model_info(spec, ref, group.where)
+    if spec.mode == "grid":
+        epoch_list = list(group.epochs)
+    else:
+        epoch_list = []
+        for budget in group.budgets:
+            flops = budget_to_flops(spec, budget, group.budget_unit)
+            epochs = flops / (info.train_flops_per_example * spec.train_examples)
+            steps = epochs * spec.train_examples / spec.batch_size
+            if steps < 1:
+                need = info.train_flops_per_example * spec.batch_size
+                raise BadInput(
+                    f"{group.where}budgets: {budget:g} {group.budget_unit} buys {steps:.3g} steps of {info.name} "
+                    f"(one step costs {need:.3g} FLOPs); raise the budget or drop the model")
+            epoch_list.append(float(f"{epochs:.6g}"))  # 6 significant digits: a stable hash
+    trials = []
+    for epochs in epoch_list:
+        for lr in group.lrs:
+            for seed in spec.seeds:
+                cfg = base_config(spec, info, ref, group)
+                cfg.update(epochs=epochs, lr=lr, seed=seed)
+                trials.append(Trial(spec.name, cfg, "grid", info.params, info.flops_per_example,
+                                    info.depth_mult, info.width_mult, info.family))
     return trials
 
 

@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable
 
 import sqlalchemy as sa
-from sqlalchemy import event, exc
+from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
 
-from scaling.errors import BadInput, RuntimeFailure, redact
+from scaling.errors import BadInput, closest, redact
 from sweeps import ids, record, schema
+from sweeps.connect import check_schema, describe, make_engine, translate  # noqa: F401 - the one way a store is opened
 from sweeps.options import DEFAULT_URL  # noqa: F401 - the one default store URL, re-exported
 from sweeps.schema import SCHEMA_VERSION, metadata, metrics, schema_info, sweeps, trials
 
@@ -59,47 +59,7 @@ class Claim:
     reason: str
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(getattr(err, "orig", None) or err).strip().splitlines()
-    return text[0] if text else type(err).__name__
-
-
 # ---------------------------------------------------------------- engine
-
-def make_engine(url: str) -> sa.Engine:
-    """An engine with the claim semantics each backend needs (see module docstring)."""
-    try:
-        parsed = sa.engine.make_url(url)
-    except exc.ArgumentError:
-        raise BadInput(f"store: {url!r} is not a database URL; use sqlite:///path/runs.db "
-                       "or postgresql://user@host:port/db") from None
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        db = parsed.database
-        if not db or db == ":memory:":
-            raise BadInput("store: an in-memory SQLite store cannot be shared by workers; use sqlite:///path/runs.db")
-        Path(db).parent.mkdir(parents=True, exist_ok=True)
-        # timeout = busy wait for the write lock; 8 workers queue behind each other.
-        engine = sa.create_engine(parsed, connect_args={"timeout": 60})
-
-        @event.listens_for(engine, "connect")
-        def _no_implicit_tx(dbapi_conn, _record):
-            # Hand transaction control to SQLAlchemy's "begin" event below
-            # (the pysqlite recipe in SQLAlchemy's SQLite dialect docs).
-            dbapi_conn.isolation_level = None
-
-        @event.listens_for(engine, "begin")
-        def _begin_immediate(conn):
-            # Take the write lock up front: a claim's SELECT and UPDATE are atomic.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-    if backend == "postgresql":
-        if parsed.drivername == "postgresql":
-            parsed = parsed.set(drivername="postgresql+psycopg")
-        return sa.create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 5})
-    raise BadInput(f"store: backend {backend!r} is not supported; use sqlite:///... or postgresql://...")
-
 
 def safe_url(url: str) -> str:
     """The URL as it may be printed: its password hidden (scaling.errors.redact)."""
@@ -173,8 +133,11 @@ class Store:
 
     def __init__(self, url: str = DEFAULT_URL, *, results_dir: str | Path | None = None,
                  create: bool = True):
+        """Open (sweeps.connect: URL, file and schema checked first) and migrate a store.
+        `create`: a missing or empty store is made (`sweep run`, `results import`);
+        without it that is bad input (the commands that read or join a store)."""
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, create=create)
         self.backend = self.engine.dialect.name
         if results_dir is None:
             if self.backend == "sqlite":
@@ -182,35 +145,29 @@ class Store:
             else:
                 results_dir = Path("results")
         self.results_dir = Path(results_dir)
-        if self.backend == "sqlite" and not create and not Path(self.engine.url.database).exists():
-            raise BadInput(f"store: {self.engine.url.database} does not exist; run `scaling sweep run` "
-                           "first or pass --store")
-        self._open()
+        try:
+            self._open(create)
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     # -- plumbing
 
     def _begin(self):
         return _Tx(self)
 
-    def _open(self) -> None:
-        """Create or migrate the schema; refuse stores from a newer program (untouched)."""
+    def _open(self, create: bool) -> None:
+        """Create or migrate the schema; refuse stores from a newer program or another
+        program, and (without `create`) an empty one, untouched (sweeps.connect.check_schema)."""
         with self._begin() as conn:
             if self.backend == "postgresql":
                 # Serialise concurrent first opens (8 workers starting at once).
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(732016)"))
-            tables = set(sa.inspect(conn).get_table_names())
-            if "schema_info" not in tables:
-                if tables & {"trials", "metrics"}:
-                    raise RuntimeFailure(f"store: {safe_url(self.url)} has trials/metrics tables but no "
-                                         "schema_info; it was not made by this program; use another store")
+            version = check_schema(conn, self.url, create=create)
+            if version is None:
                 metadata.create_all(conn)
                 conn.execute(schema_info.insert().values(id=1, version=SCHEMA_VERSION))
                 return
-            version = conn.execute(sa.select(schema_info.c.version)).scalar_one()
-            if version > SCHEMA_VERSION:
-                raise RuntimeFailure(
-                    f"store: {safe_url(self.url)} has schema version {version}, this program knows up to "
-                    f"{SCHEMA_VERSION}; upgrade convnet-scaling (nothing was changed)")
             while version < SCHEMA_VERSION:
                 MIGRATIONS[version](conn)
                 version += 1
@@ -234,10 +191,18 @@ class Store:
 
     # -- sweeps and enqueue
 
-    def record_sweep(self, name: str, spec_json: dict) -> None:
+    def record_sweep(self, name: str, spec_json: dict, *, check=None) -> None:
+        """Store a sweep's record. `check(stored record or None)` runs first, in the same
+        transaction, and may refuse (raise): then nothing is written."""
         stmt = self._insert(sweeps).values(name=name, spec_json=json.dumps(spec_json), created_at=utcnow())
         stmt = stmt.on_conflict_do_update(index_elements=["name"], set_={"spec_json": stmt.excluded.spec_json})
         with self._begin() as conn:
+            if check is not None:
+                query = sa.select(sweeps.c.spec_json).where(sweeps.c.name == name)
+                if self.backend == "postgresql":
+                    query = query.with_for_update()
+                row = conn.execute(query).scalar_one_or_none()
+                check(None if row is None else json.loads(row))
             conn.execute(stmt)
 
     def sweep_spec(self, name: str) -> dict | None:
@@ -248,6 +213,18 @@ class Store:
     def sweep_names(self) -> list[str]:
         with self._begin() as conn:
             return sorted(conn.execute(sa.select(trials.c.sweep).distinct()).scalars())
+
+    def check_sweeps(self, names: Iterable[str]) -> None:
+        """BadInput naming the first of `names` that is no sweep of this store (it has
+        neither trials nor a record here), with a did-you-mean and the known ones."""
+        with self._begin() as conn:
+            known = set(conn.execute(sa.select(trials.c.sweep).distinct()).scalars())
+            known |= set(conn.execute(sa.select(sweeps.c.name)).scalars())
+        for name in names:
+            if name not in known:
+                shown = ", ".join(sorted(known)[:10]) or "none"
+                raise BadInput(f"sweep: no sweep named {name!r} in {describe(self.url)}; "
+                               f"{closest(name, known)}known: {shown}")
 
     def enqueue(self, new_trials: Iterable) -> int:
         """Insert trials not already stored; returns how many were new. Idempotent.
@@ -263,7 +240,8 @@ class Store:
             rows[t.trial_id] = dict(
                 trial_id=t.trial_id, identity=t.trial_id, id_version=ids.ID_VERSION, sweep=t.sweep,
                 config_json=ids.canonical_json(c), shape=t.shape,
-                model=c["model"], depth_mult=float(t.depth_mult), width_mult=float(t.width_mult),
+                model=c["model"], family=getattr(t, "family", None) or model_family(c["model"]),
+                depth_mult=_float_or_none(t.depth_mult), width_mult=_float_or_none(t.width_mult),
                 params=t.params,
                 flops_per_example=t.flops_per_example, epochs=float(c["epochs"]), lr=float(c["lr"]),
                 batch_size=int(c["batch_size"]), resolution=int(c["resolution"]),
@@ -355,6 +333,8 @@ class Store:
         if status not in ("done", "diverged"):
             raise ValueError(f"status: {status!r}; complete() takes 'done' or 'diverged'")
         values = {k: _finite_or_none(result.get(k)) for k in RESULT_FIELDS if k in result}
+        if result.get("family"):  # the trainer's word on the family (fills rows enqueued without it)
+            values["family"] = str(result["family"])
         now = utcnow()
         with self._begin() as conn:
             n = conn.execute(trials.update().where(self._held(claim)).values(
@@ -410,7 +390,7 @@ class Store:
         with self._begin() as conn:
             if conn.execute(in_sweep(sa.select(sa.func.count()).select_from(trials))).scalar_one() == 0:
                 if sweep is None:
-                    raise BadInput(f"store: {safe_url(self.url)} holds no trials; check --store")
+                    raise BadInput(f"store: {describe(self.url)} holds no trials; check --store")
                 known = ", ".join(sorted(conn.execute(sa.select(trials.c.sweep).distinct()).scalars())[:10])
                 raise BadInput(f"sweep: no sweep named {sweep!r} in the store; known: {known or 'none'}")
             for p in prefixes:
@@ -556,26 +536,8 @@ class _Tx:
 
 
 def _translate(err: Exception, store: Store) -> Exception:
-    if isinstance(err, (RuntimeFailure, BadInput)):
-        return err
-    orig = getattr(err, "orig", err)
-    where = safe_url(store.url)
-    if isinstance(orig, sqlite3.DatabaseError) and "not a database" in str(orig):
-        return RuntimeFailure(f"store: {store.engine.url.database} is not a valid SQLite database "
-                              "(corrupt or another file); nothing was changed: move it aside or use another --store")
-    if isinstance(orig, sqlite3.DatabaseError) and "malformed" in str(orig):
-        return RuntimeFailure(f"store: {store.engine.url.database} is corrupt ({_one_line(orig)}); "
-                              "nothing was changed: restore a copy or use another --store")
-    if isinstance(orig, sqlite3.OperationalError) and "locked" in str(orig):
-        return RuntimeFailure(f"store: {store.engine.url.database} stayed locked by another process for "
-                              "60 s; retry, or use PostgreSQL for many workers")
-    if isinstance(orig, sqlite3.OperationalError):
-        return RuntimeFailure(f"store: SQLite error on {store.engine.url.database} ({_one_line(orig)}); "
-                              "check the path and its permissions")
-    if isinstance(err, (exc.OperationalError, exc.InterfaceError)):
-        return RuntimeFailure(f"store: cannot reach {where} ({_one_line(err)}); check the server is up "
-                              "and the URL is right")
-    return err
+    """A backend error as one line (sweeps.connect.translate)."""
+    return translate(err, store.url)
 
 
 def _metric_row(trial_id: str, r: dict) -> dict:
@@ -598,6 +560,21 @@ def _differing_results(old: dict, new: dict) -> list[str]:
         elif a != b:
             out.append(k)
     return out
+
+
+def model_family(model) -> str | None:
+    """The architecture family of a model name (scaling/models/registry.py), None for a
+    name no family owns (e.g. a test's stand-in)."""
+    from scaling.models import registry
+
+    try:
+        return registry.family_name(str(model))
+    except BadInput:
+        return None
+
+
+def _float_or_none(v):
+    return None if v is None else float(v)
 
 
 def _finite_or_none(v):

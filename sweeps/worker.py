@@ -413,9 +413,23 @@ def follow(multihost: MultiHost, trainer: Trainer) -> int:
 
 
 def work(store_url: str, *, trainer: str | Trainer | None = None, options: WorkerOptions = WorkerOptions(),
-         results_dir: str | None = None, multihost: bool = False, name: str | None = None) -> int:
-    """Entry point of one worker process (`scaling sweep work`, `python -m sweeps.worker`)."""
+         results_dir: str | None = None, multihost: bool = False, name: str | None = None,
+         known_sweeps_only: bool = False) -> int:
+    """Entry point of one worker process (`scaling sweep work`, `python -m sweeps.worker`).
+
+    The store must exist (a misspelt path is refused, not created empty); with
+    `known_sweeps_only`, so must each of `options.sweeps`."""
     fn = trainer if callable(trainer) else load_trainer(trainer)
+
+    def open_store() -> Store:
+        if results_dir is not None:
+            from scaling.train.workdir import ensure_dir
+
+            ensure_dir(results_dir, "--results-dir")
+        store = Store(store_url, results_dir=results_dir, create=False)
+        if known_sweeps_only and options.sweeps:
+            store.check_sweeps(options.sweeps)
+        return store
     if multihost:
         from scaling.train.distributed import init_distributed
 
@@ -425,9 +439,9 @@ def work(store_url: str, *, trainer: str | Trainer | None = None, options: Worke
         mh = MultiHost()
         if mh.index != 0:
             return follow(mh, fn)
-        store = Store(store_url, results_dir=results_dir)
+        store = open_store()
         return Worker(store, trainer=fn, name=name, options=options, multihost=mh).run()
-    store = Store(store_url, results_dir=results_dir)
+    store = open_store()
     try:
         return Worker(store, trainer=fn, name=name, options=options).run()
     finally:

@@ -12,8 +12,9 @@ def test_model_info_f0_json_matches_table3():
     out = run("F0", "--resolution", "256", "--classes", "1000", "--json")
     assert out.returncode == 0, out.stderr
     row = json.loads(out.stdout)
-    assert set(row) == {"name", "resolution", "num_classes", "params", "macs", "flops", "train_flops",
+    assert set(row) == {"name", "family", "resolution", "num_classes", "params", "macs", "flops", "train_flops",
                         "depth_mult", "width_mult"}
+    assert row["family"] == "nfnet"
     assert (row["name"], row["resolution"], row["num_classes"]) == ("F0", 256, 1000)
     assert f"{row['params'] / 1e6:.1f}M / {row['macs'] / 1e9:.2f}B" == "71.5M / 12.38B"  # [B21] Table 3
     assert row["flops"] == 2 * row["macs"] and row["train_flops"] == 3 * row["flops"]

@@ -120,7 +120,7 @@ def test_newer_schema_is_refused_and_nothing_changes(store, store_url, tmp_path)
         conn.execute(schema_info.update().values(version=SCHEMA_VERSION + 1))
     store.dispose()
     before = _snapshot(store_url)
-    with pytest.raises(RuntimeFailure, match=r"schema version \d+.*upgrade"):
+    with pytest.raises(BadInput, match=r"schema version \d+.*upgrade"):  # a refusal: exit 2
         Store(store_url, results_dir=tmp_path)
     assert _snapshot(store_url) == before
 
@@ -144,7 +144,7 @@ def test_corrupt_sqlite_file_is_refused_untouched(tmp_path):
     db = tmp_path / "runs.db"
     db.write_bytes(b"this is not a database, but it is someone's data\n" * 100)
     before = db.read_bytes()
-    with pytest.raises(RuntimeFailure, match="not a valid SQLite database"):
+    with pytest.raises(BadInput, match="is not a SQLite database"):
         Store(f"sqlite:///{db}")
     assert db.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.db"]  # no journal left behind
@@ -171,7 +171,7 @@ def test_a_store_of_another_program_is_refused(tmp_path):
         conn.exec_driver_sql("CREATE TABLE trials (x INTEGER)")
     eng.dispose()
     before = db.read_bytes()
-    with pytest.raises(RuntimeFailure, match="not made by this program"):
+    with pytest.raises(BadInput, match="not made by this program"):
         Store(f"sqlite:///{db}")
     assert db.read_bytes() == before
 

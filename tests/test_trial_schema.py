@@ -220,7 +220,7 @@ def test_a_field_declared_once_reaches_id_store_import_export_and_analysis(tmp_p
     ('optimizer = { momentum = "0.9" }', r"^error: recipe\.optimizer\.momentum: '0\.9' is not a number"),
     ("optimizer = { weight_decay = 1e400 }", r"^error: recipe\.optimizer\.weight_decay: inf is not finite"),
     ('tensorboard = "no"', r"^error: recipe\.tensorboard: 'no' is not true or false"),
-    ("eval_points = -1", r"^error: recipe\.eval_points: must be a non-negative integer"),
+    ("eval_points = -1", r"^error: recipe\.eval_points: must be a whole number in \[0, 10,000\], got -1"),
 ])
 @pytest.mark.parametrize("command", [["sweep", "plan"], ["sweep", "run", "--workers", "0"]])
 def test_bad_recipe_values_exit_2_before_the_store_is_touched(tmp_path, recipe_line, message, command):

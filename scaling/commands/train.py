@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import typer
@@ -42,8 +43,49 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
+class InterruptFlag:
+    """Ctrl-C (SIGINT) during `scaling train`, made reliable.
+
+    jax appends a callback to Python's garbage collector (`gc.callbacks`, in
+    jax/_src/lib/__init__.py: `_xla_gc_callback`), and an exception raised inside a gc
+    callback is printed as "Exception ignored in ..." and dropped. A Ctrl-C whose
+    KeyboardInterrupt is raised while that callback runs (likely in a run's first
+    seconds, while jax initialises and compiles and the collector runs often) was
+    therefore swallowed, and the run trained to its end. This handler raises
+    KeyboardInterrupt as Python's own does AND records the request; the train loop asks
+    (`run_training(should_stop=...)`) at every step and heartbeat and raises it there, so
+    a swallowed Ctrl-C stops the run one step later, as an unswallowed one does: the
+    workdir keeps its last checkpoint and the same command resumes from it."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def _handle(self, _signum, _frame) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def __enter__(self) -> "InterruptFlag":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
 def train(
-    model: Optional[str] = typer.Option(None, help="Preset (F0..F7, F0+..F7+, nfnet-d<K>-w<W>)."),
+    model: Optional[str] = typer.Option(None, help="Model of any family: F0..F7, F0+..F7+, nfnet-d<K>-w<W>, "
+                                        "ViT-S/16.., vit-w<W>-d<D>-m<M>-h<H>-p<P> (`scaling model-info --list`)."),
     depth_mult: Optional[float] = typer.Option(None, help="Family depth multiplier K (with --width-mult)."),
     width_mult: Optional[float] = typer.Option(None, help="Family width multiplier W (with --depth-mult)."),
     epochs: Optional[float] = typer.Option(None, help="Epoch budget (may be fractional)."),
@@ -63,7 +105,10 @@ def train(
     compile_cache: str = typer.Option(_default("compile_cache_dir"), help="Persistent XLA cache ('' to disable)."),
     hardware: Optional[str] = typer.Option(None, help="Hardware profile for measured compute (default: detected)."),
     utilization: Optional[float] = typer.Option(None, help="Assumed utilisation for hour budgets (default: profile's)."),
-    optimizer: str = typer.Option("{}", help='OptimConfig overrides as JSON, e.g. \'{"weight_decay": 0}\'.'),
+    optimizer: str = typer.Option("{}", help='Overrides of the model family\'s recipe as JSON (NFNet: OptimConfig, '
+                                  'ViT: ViTRecipe), e.g. \'{"weight_decay": 0}\'.'),
+    augment: str = typer.Option("{}", help='Training augmentation as JSON, e.g. \'{"crop_pad": 2, "flip": false}\' '
+                                "(default: pad-and-crop by R/8 + flip; docs/data.md)."),
     tensorboard: bool = typer.Option(_default("tensorboard"),
                                      help="Also write TensorBoard event files (needs tensorboardX)."),
     data_workers: int = typer.Option(_default("data_workers"), help="Grain worker processes for the training data."),
@@ -75,32 +120,48 @@ def train(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Train one model at one budget and learning rate; resume if WORKDIR has a checkpoint."""
+    o = SimpleNamespace(**locals())  # every option, as o.<name>
+    with InterruptFlag() as interrupted:  # first: a Ctrl-C from here on is never lost
+        try:
+            _train(o, interrupted)
+        except KeyboardInterrupt:
+            typer.echo(f"interrupted: {workdir} keeps its last checkpoint; run the same command again to resume",
+                       err=True)
+            raise typer.Exit(130) from None
+
+
+def _train(o: SimpleNamespace, interrupted: InterruptFlag) -> None:
+    """The command's body (`o`: its options by name)."""
     from scaling.train import run_training
     from scaling.train.distributed import init_distributed
 
     try:
-        optim = json.loads(optimizer)
+        optim = json.loads(o.optimizer)
     except json.JSONDecodeError:
-        raise BadInput(f"optimizer: {optimizer!r} is not JSON; e.g. '{{\"weight_decay\": 0}}'") from None
+        raise BadInput(f"optimizer: {o.optimizer!r} is not JSON; e.g. '{{\"weight_decay\": 0}}'") from None
+    try:
+        aug = json.loads(o.augment)
+    except json.JSONDecodeError:
+        raise BadInput(f"augment: {o.augment!r} is not JSON; e.g. '{{\"crop_pad\": 2, \"flip\": false}}'") from None
     config = TrainConfig(
-        model=model, depth_mult=depth_mult, width_mult=width_mult, dataset=dataset,
-        epochs=epochs, budget=budget, unit=unit, lr=lr, batch_size=batch, resolution=resolution,
-        eval_resolution=eval_resolution, seed=seed, optimizer=optim, eval_points=eval_points,
-        checkpoint_every_steps=checkpoint_steps, checkpoint_every_minutes=checkpoint_minutes,
-        workdir=str(workdir), compile_cache_dir=compile_cache or None, tensorboard=tensorboard,
-        hardware=hardware, utilization=utilization, log_indices=log_indices,
-        data_workers=data_workers, compute_dtype=compute_dtype,
+        model=o.model, depth_mult=o.depth_mult, width_mult=o.width_mult, dataset=o.dataset,
+        epochs=o.epochs, budget=o.budget, unit=o.unit, lr=o.lr, batch_size=o.batch, resolution=o.resolution,
+        eval_resolution=o.eval_resolution, seed=o.seed, optimizer=optim, eval_points=o.eval_points,
+        checkpoint_every_steps=o.checkpoint_steps, checkpoint_every_minutes=o.checkpoint_minutes,
+        workdir=str(o.workdir), compile_cache_dir=o.compile_cache or None, tensorboard=o.tensorboard,
+        hardware=o.hardware, utilization=o.utilization, log_indices=o.log_indices,
+        data_workers=o.data_workers, compute_dtype=o.compute_dtype, augment=aug,
     ).validate()
-    init_distributed(auto=distributed)
-    result = run_training(config, workdir, progress=not json_out)
+    init_distributed(auto=o.distributed)
+    result = run_training(config, o.workdir, progress=not o.json_out, should_stop=interrupted)
     import jax
 
     if jax.process_index() != 0:
         return
-    if json_out:
+    if o.json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:
-        typer.echo(_summary(result, workdir))
+        typer.echo(_summary(result, o.workdir))
 
 
 def register(app: typer.Typer) -> None:

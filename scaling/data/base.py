@@ -16,7 +16,7 @@ class Source(Protocol):
     """Random access by (split, indices): split 0 = train, 1 = held-out."""
 
     def read(self, split: int, indices: np.ndarray, resolution: int) -> tuple[np.ndarray, np.ndarray]:
-        """-> (uint8 images [b, R, R, 3], int32 labels [b])."""
+        """-> (uint8 images [b, R, R, C], int32 labels [b]); C = the Dataset's `channels`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +27,12 @@ class Dataset:
     heldout_size: int
     native_resolution: int | None  # None: images of mixed sizes (folders, records)
     source: Any = dataclasses.field(repr=False, compare=False)
+    # 3 (RGB) for every source but grayscale ones (Fashion-MNIST: 1). Models take this
+    # many input channels; grayscale is never repeated to RGB.
+    channels: int = 3
+    # Per-channel (mean, std) of the pixels in [0, 1] that the pipeline standardises with;
+    # None: ImageNet's RGB statistics ([B21]'s code), for every RGB source.
+    pixel_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def __repr__(self) -> str:  # stable, for grain state checks and logs
         return f"Dataset({self.name})"

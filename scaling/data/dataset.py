@@ -1,6 +1,6 @@
 """`get_dataset(spec)`: one spec string -> a Dataset with its random-access source.
 
-A spec names the kind and where it lives: "procedural[:k=v,...]", "folder:/dir",
+A spec names the kind and where it lives: "procedural[:k=v,...]", "fashion-mnist[:k=v,...]", "folder:/dir",
 "arrayrecord:/dir-or-glob", "cifar10:/dir", "cifar100:/dir", "tfds:name". The
 Dataset's `name` is canonical (absolute paths, every procedural option spelled out),
 so the results store can tell runs on different data apart.
@@ -18,6 +18,39 @@ _PROCEDURAL_KEYS = {"classes": "num_classes", "train_size": "train_size", "heldo
                     "rotation": "rotation", "hue_jitter": "hue_jitter"}
 
 
+# Each procedural option's range (inclusive): whole numbers for the sizes and the seed,
+# finite reals for the rendering knobs. Beyond these a value is a typo, not a dataset
+# (res=100000 renders 30 GB per image; seed=-1 fails deep in numpy; noise=nan renders NaN).
+_PROCEDURAL_RANGES: dict[str, tuple[float, float]] = {
+    "num_classes": (2, 1_000_000), "train_size": (1, 2**62 - 1), "heldout_size": (1, 2**62 - 1),
+    "resolution": (1, 4096), "seed": (0, 2**32 - 1),
+    "perturb": (0.0, 10.0), "noise": (0.0, 1.0), "rotation": (0.0, 360.0), "hue_jitter": (0.0, 10.0)}
+_PROCEDURAL_INTS = ("num_classes", "train_size", "heldout_size", "resolution", "seed")
+_OPTION_OF = {field: key for key, field in _PROCEDURAL_KEYS.items()}
+
+
+def _procedural_value(field: str, raw: Any) -> int | float:
+    """One option's value, parsed and range-checked (BadInput naming the option)."""
+    import math
+
+    key = _OPTION_OF[field]
+    low, high = _PROCEDURAL_RANGES[field]
+    integer = field in _PROCEDURAL_INTS
+    want = (f"a whole number in [{low:,}, {high:,}]" if integer else f"a number in [{low:g}, {high:g}]")
+    try:
+        if isinstance(raw, bool):
+            raise ValueError
+        try:  # whole numbers exactly (2**62 - 1 is not a float), "1e6" through float
+            x = int(raw) if integer else float(raw)
+        except ValueError:
+            x = float(raw)
+    except (TypeError, ValueError):
+        raise BadInput(f"dataset: procedural option {key}={raw!r} is not a number; use {want}") from None
+    if not math.isfinite(x) or not low <= x <= high or (integer and x != int(x)):
+        raise BadInput(f"dataset: procedural option {key}={str(raw).strip()} is out of range; use {want}")
+    return int(x) if integer else x
+
+
 def _procedural(options: str, overrides: dict[str, Any]) -> Dataset:
     from scaling.data.procedural import ProceduralConfig, ProceduralSource
 
@@ -27,21 +60,11 @@ def _procedural(options: str, overrides: dict[str, Any]) -> Dataset:
         if not sep or k.strip() not in _PROCEDURAL_KEYS:
             raise BadInput(f"dataset: unknown procedural option {item!r}; use {', '.join(_PROCEDURAL_KEYS)} as key=value")
         field = _PROCEDURAL_KEYS[k.strip()]
-        try:
-            fields[field] = float(v) if field in ("perturb", "noise", "rotation", "hue_jitter") else int(float(v))
-        except ValueError:
-            raise BadInput(f"dataset: procedural option {k}={v!r} is not a number") from None
-    fields.update({k: v for k, v in overrides.items() if v is not None})
+        if field in fields:  # "classes=10,...,classes=5": which one was meant?
+            raise BadInput(f"dataset: procedural option {k.strip()} is given twice; keep one")
+        fields[field] = _procedural_value(field, v.strip())
+    fields.update({k: _procedural_value(k, v) for k, v in overrides.items() if v is not None})
     config = ProceduralConfig(**fields)
-    for field in ("num_classes", "train_size", "resolution"):
-        if getattr(config, field) <= 0:
-            raise BadInput(f"dataset: procedural {field} must be positive, got {getattr(config, field)}")
-    if min(config.heldout_size, config.perturb, config.noise, config.rotation, config.hue_jitter) < 0:
-        raise BadInput("dataset: procedural heldout, perturb, noise, rotation and hue_jitter must be >= 0")
-    if config.num_classes < 2:
-        raise BadInput("dataset: procedural classes must be at least 2")
-    if max(config.train_size, config.heldout_size) >= 2**62:
-        raise BadInput("dataset: procedural train_size/heldout must be below 2**62")
     return Dataset(config.name, config.num_classes, config.train_size, config.heldout_size,
                    config.resolution, ProceduralSource(config))
 
@@ -63,6 +86,12 @@ def get_dataset(spec: str = "procedural", *, num_classes: int | None = None, tra
         overrides = {"num_classes": num_classes, "train_size": train_size, "heldout_size": heldout_size,
                      "resolution": resolution, "seed": seed if seed else None}
         return _procedural(rest, overrides)
+    if kind in ("fashion-mnist", "fashion_mnist"):
+        if resolution is not None:
+            raise BadInput("resolution: fashion-mnist images are 28 px; the pipeline resizes to its own resolution")
+        from scaling.data.fashion import fashion_dataset
+
+        return fashion_dataset(rest, num_classes=num_classes, train_size=train_size, heldout_size=heldout_size)
     from scaling.data import sources
 
     for field, value in (("train_size", train_size), ("resolution", resolution)):
@@ -79,5 +108,5 @@ def get_dataset(spec: str = "procedural", *, num_classes: int | None = None, tra
         return sources.cifar_dataset(rest, fine=kind == "cifar100", num_classes=num_classes)
     if kind == "tfds":
         return sources.tfds_dataset(rest, num_classes=num_classes)
-    raise BadInput(f"dataset: unknown kind {kind!r} in {spec!r}; use procedural, folder:, arrayrecord:, "
-                   "cifar10:, cifar100: or tfds:")
+    raise BadInput(f"dataset: unknown kind {kind!r} in {spec!r}; use procedural, fashion-mnist, folder:, "
+                   "arrayrecord:, cifar10:, cifar100: or tfds:")

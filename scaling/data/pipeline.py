@@ -25,6 +25,7 @@ import grain
 import numpy as np
 
 from scaling.data import hashing, images
+from scaling.data.augment import AugmentConfig
 from scaling.data.dataset import Dataset
 from scaling.errors import BadInput
 
@@ -84,27 +85,40 @@ class ChunkPlan:
 
 @dataclasses.dataclass(frozen=True)
 class LoadBatch:
-    """indices -> uint8 images (augmented, keyed by (seed, epoch, index)), labels."""
+    """indices -> uint8 images (augmented, keyed by (seed, epoch, index)), labels.
+
+    `augment` None: no augmentation (held-out batches)."""
 
     dataset: Dataset
     split: int
     resolution: int
     seed: int
-    augment: bool
+    augment: AugmentConfig | None
 
     def __call__(self, plan: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         index = plan["index"]
         pixels, label = self.dataset.source.read(self.split, index, self.resolution)
-        if self.augment:
-            pixels = images.pad_crop_flip(pixels, hashing.key(self.seed, 0xA06, plan["epoch"], index))
+        aug = self.augment
+        if aug is not None and not aug.is_identity():
+            pixels = images.pad_crop_flip(pixels, hashing.key(self.seed, 0xA06, plan["epoch"], index),
+                                          pad=aug.pad(self.resolution), flip=aug.flip, pad_mode=aug.pad_mode)
         out = {"image": pixels, "label": label.astype(np.int32), "index": index}
         if "mask" in plan:
             out["mask"] = plan["mask"]
         return out
 
 
-def to_float(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {**batch, "image": images.normalise(batch["image"])}
+@dataclasses.dataclass(frozen=True)
+class ToFloat:
+    """uint8 -> float32 standardised by the dataset's pixel statistics (a picklable map)."""
+
+    stats: tuple | None = None  # Dataset.pixel_stats; None: ImageNet's RGB statistics
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {**batch, "image": images.normalise(batch["image"], self.stats)}
+
+
+to_float = ToFloat()  # RGB sources
 
 
 class TrainIterator(grain.DatasetIterator):
@@ -122,12 +136,17 @@ class TrainIterator(grain.DatasetIterator):
         self._chunk = max(1, CHUNK_IMAGES // self._local)  # steps per grain element
         self._inner: Any = None
         self._grain_iter: Any = None
+        self._to_float = ToFloat(load.dataset.pixel_stats)
 
     def _identity(self) -> dict[str, Any]:
         p = self._plan
-        return {"dataset": self._load.dataset.name, "seed": p.seed, "global_batch_size": p.global_batch_size,
-                "process_index": p.process_index, "process_count": p.process_count,
-                "resolution": self._load.resolution}
+        identity = {"dataset": self._load.dataset.name, "seed": p.seed, "global_batch_size": p.global_batch_size,
+                    "process_index": p.process_index, "process_count": p.process_count,
+                    "resolution": self._load.resolution}
+        augment = self._load.augment.non_default()
+        if augment:  # only when not the default, so states saved before the option still restore
+            identity["augment"] = augment
+        return identity
 
     def _start(self) -> Iterator[dict[str, np.ndarray]]:
         first_chunk, skip = divmod(self._step, self._chunk)
@@ -148,7 +167,7 @@ class TrainIterator(grain.DatasetIterator):
         b = self._local
         for chunk in chunks:
             for j in range(skip, self._chunk):
-                yield to_float({key: value[j * b:(j + 1) * b] for key, value in chunk.items()})
+                yield self._to_float({key: value[j * b:(j + 1) * b] for key, value in chunk.items()})
             skip = 0
 
     def __next__(self) -> dict[str, np.ndarray]:
@@ -166,7 +185,7 @@ class TrainIterator(grain.DatasetIterator):
         wrong = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
         if wrong:
             raise BadInput(f"data iterator state: saved for a different pipeline {wrong} (saved, current); "
-                           "restore with the same dataset, seed, batch size, processes and resolution")
+                           "restore with the same dataset, seed, batch size, processes, resolution and augmentation")
         self.close()
         self._step = int(state["step"])
 
@@ -195,19 +214,26 @@ def _check_sharding(batch_size: int, process_index: int, process_count: int, fie
 
 
 def train_iterator(ds: Dataset, *, global_batch_size: int, seed: int, resolution: int,
-                   process_index: int = 0, process_count: int = 1, worker_count: int = 0) -> TrainIterator:
+                   process_index: int = 0, process_count: int = 1, worker_count: int = 0,
+                   augment: dict | AugmentConfig | None = None) -> TrainIterator:
     """The infinite, epoch-aware, augmented training stream for one process.
 
-    Yields {"image": float32 [b, R, R, 3], "label": int32 [b], "index": int64 [b]},
-    b = global_batch_size // process_count.
+    Yields {"image": float32 [b, R, R, C], "label": int32 [b], "index": int64 [b]},
+    b = global_batch_size // process_count, C = ds.channels. `augment`: the
+    augmentation's fields (scaling/data/augment.py); None or {} is the default
+    (pad-and-crop by R/8 + flip); {"crop_pad": 0, "flip": False} turns it off.
     """
     _check_sharding(global_batch_size, process_index, process_count, "global_batch_size")
     if resolution <= 0:
         raise BadInput(f"resolution: must be positive, got {resolution}")
     if ds.train_size <= 0:
         raise BadInput(f"dataset {ds.name}: has no training examples")
+    aug = AugmentConfig.from_dict(augment)
+    if aug.pad(resolution) >= resolution:
+        raise BadInput(f"augment.crop_pad: {aug.pad(resolution)} px is not below the {resolution} px "
+                       "train resolution; use a smaller margin (R/8 is usual)")
     plan = StepPlan(ds.train_size, global_batch_size, seed, process_index, process_count)
-    return TrainIterator(plan, LoadBatch(ds, TRAIN, resolution, seed, augment=True), worker_count)
+    return TrainIterator(plan, LoadBatch(ds, TRAIN, resolution, seed, augment=aug), worker_count)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +268,6 @@ def heldout_batches(ds: Dataset, *, batch_size: int, resolution: int,
         raise BadInput(f"dataset {ds.name}: has no held-out split; give it one (see docs/data.md)")
     num_batches = -(-ds.heldout_size // batch_size)
     plan = HeldoutPlan(ds.heldout_size, batch_size, process_index, process_count)
-    load = LoadBatch(ds, HELDOUT, resolution, seed=0, augment=False)
-    ds = grain.MapDataset.range(num_batches).map(plan).map(load).map(to_float)
-    return ds.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=PREFETCH_BATCHES))
+    load = LoadBatch(ds, HELDOUT, resolution, seed=0, augment=None)
+    batches = grain.MapDataset.range(num_batches).map(plan).map(load).map(ToFloat(ds.pixel_stats))
+    return batches.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=PREFETCH_BATCHES))

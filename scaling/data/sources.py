@@ -33,6 +33,8 @@ def _scan_classes(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     classes = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise BadInput(f"dataset: {root} has no class directories; put each class's images in its own folder")
+    if len(classes) == 1:  # every label the same: nothing to learn, a zero loss to report
+        raise BadInput(f"dataset: {root} has one class directory ({classes[0]}); a classifier needs at least 2")
     files = []
     for label, cls in enumerate(classes):
         found = sorted(e.path for e in os.scandir(root / cls) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
@@ -104,10 +106,10 @@ def decode_record(record: bytes) -> tuple[int, bytes]:
 class ArrayRecordSource:
     """Reads records in batches with array_record's parallel `__getitems__`."""
 
-    def __init__(self, name: str, train: list[str], heldout: list[str], num_classes: int):
+    def __init__(self, name: str, train: list[str], heldout: list[str], num_classes: int, channels: int = 3):
         from array_record.python.array_record_data_source import ArrayRecordDataSource
 
-        self.name, self.num_classes = name, num_classes
+        self.name, self.num_classes, self.channels = name, num_classes, channels
         self.splits = tuple(ArrayRecordDataSource(p) if p else None for p in (train, heldout))
 
     def __repr__(self) -> str:
@@ -126,7 +128,7 @@ class ArrayRecordSource:
             if label >= self.num_classes:
                 raise BadInput(f"{what}: label {label} is outside [0, {self.num_classes}); "
                                "fix dataset.json's num_classes or re-run `scaling data prepare`")
-            pixels.append(images.decode(data, resolution, what))
+            pixels.append(images.decode(data, resolution, what, self.channels))
             labels.append(label)
         return np.stack(pixels), np.array(labels, np.int32)
 
@@ -135,7 +137,9 @@ def arrayrecord_dataset(path: str, *, num_classes: int | None) -> Dataset:
     """A directory written by `scaling data prepare`, or a glob of train shards.
 
     Held-out shards are the `heldout-*.array_record` files beside the train shards.
-    The class count comes from dataset.json beside them, or from `num_classes`.
+    The class count comes from dataset.json beside them, or from `num_classes`; so do
+    the channel count, pixel statistics and native resolution of a converted dataset
+    (Fashion-MNIST: 1 channel, 28 px), when dataset.json records them.
     """
     location = Path(path).expanduser().absolute()
     if location.is_dir():
@@ -146,12 +150,19 @@ def arrayrecord_dataset(path: str, *, num_classes: int | None) -> Dataset:
         raise BadInput(f"dataset: no ArrayRecord shards match {location}; run `scaling data prepare` or fix the path")
     heldout = sorted(glob.glob(str(directory / "heldout-*.array_record")))
     meta_path = directory / META_FILE
-    meta_classes = None
+    meta_classes, channels, stats, native = None, 3, None, None
     if meta_path.exists():
         try:
-            meta_classes = int(json.loads(meta_path.read_text())["num_classes"])
+            meta = json.loads(meta_path.read_text())
+            meta_classes = int(meta["num_classes"])
+            channels = int(meta.get("channels", 3))
+            if meta.get("pixel_stats") is not None:
+                stats = tuple(tuple(float(v) for v in part) for part in meta["pixel_stats"])
+            native = None if meta.get("native_resolution") is None else int(meta["native_resolution"])
         except (ValueError, KeyError, TypeError) as err:
             raise BadInput(f"{meta_path}: unreadable ({err}); re-run `scaling data prepare`") from None
+        if channels not in (1, 3):
+            raise BadInput(f"{meta_path}: channels {channels} is not 1 or 3; re-run `scaling data prepare`")
     classes = num_classes or meta_classes
     if classes is None:
         raise BadInput(f"num_classes: {directory} has no {META_FILE}; pass num_classes")
@@ -159,10 +170,11 @@ def arrayrecord_dataset(path: str, *, num_classes: int | None) -> Dataset:
         raise BadInput(f"num_classes: {classes} is below the {meta_classes} classes recorded in {meta_path}")
     name = f"arrayrecord:{location}"
     try:
-        source = ArrayRecordSource(name, train, heldout, classes)
+        source = ArrayRecordSource(name, train, heldout, classes, channels)
     except Exception as err:  # array_record raises plain RuntimeError/ValueError for bad files
         raise BadInput(f"dataset: {location} is not readable as ArrayRecord ({err}); re-run `scaling data prepare`") from None
-    return Dataset(name, classes, source.size(TRAIN), source.size(HELDOUT), None, source)
+    return Dataset(name, classes, source.size(TRAIN), source.size(HELDOUT), native, source,
+                   channels=channels, pixel_stats=stats)
 
 
 # ---------------------------------------------------------------- CIFAR

@@ -116,6 +116,31 @@ PRESET_NAMES = tuple(PRESETS) + tuple(f"{name}+" for name in PRESETS)
 # train 224 / test 256 as in [S23]. All are overridable.
 FAMILY_DEFAULTS = dict(dropout=0.0, stochdepth_rate=0.0, train_resolution=224, test_resolution=256)
 
+# What the analytic counter and a machine can honour; beyond these a number is a typo, not
+# a model (--depth-mult 1e9 would be a billion blocks: the counter alone needed 21 GB).
+# F7 is depth 8, F7+ width 1.5; 64 leaves room for any study of this family.
+MAX_DEPTH_MULT = 64.0
+MAX_WIDTH_MULT = 64.0
+# Input sizes: the stem's 8x downsampling needs at least 8 px; 4096 px is 16x the paper's
+# largest test resolution (608 px, F7) and already ~200 MB of activations per image.
+MIN_RESOLUTION = 8
+MAX_RESOLUTION = 4096
+MAX_CLASSES = 1_000_000  # JFT has ~30k classes, ImageNet-21k ~22k
+
+
+def check_resolution(field: str, value) -> int:
+    """`value` as an input size in [MIN_RESOLUTION, MAX_RESOLUTION] px (BadInput naming `field`)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_RESOLUTION <= value <= MAX_RESOLUTION:
+        raise BadInput(f"{field}: {value!r} px is out of range; use a whole number in "
+                       f"[{MIN_RESOLUTION}, {MAX_RESOLUTION}] (the stem downsamples 8x)")
+    return value
+
+
+def check_classes(field: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CLASSES:
+        raise BadInput(f"{field}: {value!r} is out of range; use a whole number in [1, {MAX_CLASSES:,}]")
+    return value
+
 _FAMILY_RE = re.compile(r"^nfnet-d(?P<d>[0-9.eE+-]+)-w(?P<w>[0-9.eE+-]+)$")
 _PRESET_RE = re.compile(r"^(?:nfnet-)?(?P<base>f[0-7])(?P<plus>\+)?(?P<keep>-keep)?$")
 
@@ -175,6 +200,10 @@ def family_config(depth_mult: float, width_mult: float, *, num_classes: int, **o
     for field, value in (("depth_mult", depth_mult), ("width_mult", width_mult)):
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise BadInput(f"{field}: must be a positive number, got {value!r}; e.g. 0.5 or 1")
+        top = MAX_DEPTH_MULT if field == "depth_mult" else MAX_WIDTH_MULT
+        if value > top:
+            raise BadInput(f"{field}: {value!r} is out of range; use a number in (0, {top:g}] "
+                           "(F7 is depth 8, F7+ width 1.5)")
     depths = tuple(max(1, int(math.floor(d * depth_mult + 0.5))) for d in _BASE_DEPTHS)
     group_width = max(1, int(math.floor(_BASE_GROUP_WIDTH * width_mult + 0.5)))
     widths = tuple(_round_multiple(c * width_mult, 2 * group_width) for c in _BASE_WIDTHS)

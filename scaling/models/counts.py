@@ -33,6 +33,7 @@ class ModelCounts:
     params: int
     macs: int  # forward multiply-accumulates per example
     resolution: int
+    channels: int = 3  # input channels (1 for grayscale data): the first stem conv's fan-in
 
     @property
     def flops(self) -> int:
@@ -73,16 +74,19 @@ def _linear(cin: int, cout: int) -> tuple[int, int]:
     return cin * cout + cout, cin * cout
 
 
-def count(cfg: NFNetConfig, resolution: int, *, count_padding: bool = True) -> ModelCounts:
-    """Exact params and forward MACs per example of `cfg` on resolution x resolution inputs.
+def count(cfg: NFNetConfig, resolution: int, *, count_padding: bool = True, channels: int = 3) -> ModelCounts:
+    """Exact params and forward MACs per example of `cfg` on resolution x resolution inputs
+    with `channels` input channels (3: RGB; 1: grayscale data such as Fashion-MNIST).
 
     count_padding=False skips the taps that fall on SAME padding, as XLA's cost
     analysis does; it exists to cross-check against XLA (tests), not for reporting.
     """
     if not isinstance(resolution, int) or resolution < 1:
         raise BadInput(f"resolution: must be a positive integer, got {resolution!r}; e.g. 224")
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+        raise BadInput(f"channels: must be a positive integer, got {channels!r}; 3 for RGB, 1 for grayscale")
     parts: list[tuple[int, int]] = []
-    h, ch = resolution, 3
+    h, ch = resolution, channels
     stem = (*cfg.stem_widths, cfg.widths[0] // 2)
     pad = count_padding
     for cout, stride in zip(stem, _STEM_STRIDES):
@@ -109,5 +113,6 @@ def count(cfg: NFNetConfig, resolution: int, *, count_padding: bool = True) -> M
     parts.append(_conv(ch, final, 1, 1, h, 1, pad))
     parts.append(_linear(final, cfg.num_classes))
     return ModelCounts(
-        params=sum(p for p, _ in parts), macs=sum(m for _, m in parts), resolution=resolution
+        params=sum(p for p, _ in parts), macs=sum(m for _, m in parts), resolution=resolution,
+        channels=channels,
     )

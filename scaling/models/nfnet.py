@@ -5,7 +5,7 @@ docs/references.md#nfnet-architecture-and-recipe.
     logits = NFNet(cfg).apply({"params": params}, images, train=True,
                               rngs={"dropout": key})
 
-Images are float32 NHWC [B, H, W, 3]; logits come back float32 whatever the compute
+Images are float32 NHWC [B, H, W, C] (C = 3, or 1 for grayscale data); logits come back float32 whatever the compute
 dtype. `NFNet(cfg, dtype=jnp.bfloat16)` runs activations (convs, matmuls, the residual
 stream) in bfloat16 with float32 parameters, as [B21]/[S23] train (docs/references.md#precision);
 weight-standardisation statistics stay float32 (layers.py) and the classifier
@@ -196,7 +196,7 @@ class NFNet(nn.Module):
         return logits.astype(jnp.float32)
 
 
-def init_params(cfg: NFNetConfig, rng: jax.Array, resolution: int, conv_impl: str = "auto"):
+def init_params(cfg: NFNetConfig, rng: jax.Array, resolution: int, conv_impl: str = "auto", *, channels: int = 3):
     """Parameter pytree of NFNet(cfg), drawn on the host with numpy from `rng`.
 
     Why not `model.init` under jit: compiling the init graph cost 10-50 s per shape on
@@ -205,11 +205,13 @@ def init_params(cfg: NFNetConfig, rng: jax.Array, resolution: int, conv_impl: st
     generator seeded by (rng, leaf path): deterministic, identical on every host.
     Distributions are those of the modules' own initializers (see `_draw`).
     The resolution only sizes the traced dummy input; shapes do not depend on it.
+    `channels`: input channels of the data (3 RGB; 1 grayscale, e.g. Fashion-MNIST): the
+    first stem conv's kernel is [3, 3, channels, ...].
     """
     from flax import traverse_util
 
     model = NFNet(cfg, conv_impl)
-    dummy = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
+    dummy = jax.ShapeDtypeStruct((1, resolution, resolution, channels), jnp.float32)
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), dummy)
     seed = [int(v) for v in np.asarray(jax.random.key_data(rng)).ravel()]
     flat = {}

@@ -13,6 +13,7 @@ Pure Python: no jax.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from scaling.errors import BadInput
@@ -30,15 +31,24 @@ def plan_steps(*, epochs: float | None, budget: float | None, unit: str | None,
                train_flops_per_example: float) -> StepPlan:
     """Number of optimizer steps for an epoch budget or a compute budget in any unit."""
     from scaling import units
+    from scaling.train.config import MAX_STEPS
 
     if epochs is not None:
         budget, unit = epochs, "epochs"
     u = units.parse_unit(unit)
+    if batch_size > train_size:
+        raise BadInput(f"batch_size: {batch_size} is larger than the {train_size:,} training examples (one "
+                       "batch would hold some twice, and every example is seen once per epoch); "
+                       f"use a batch of at most {train_size}")
+    wanted = (budget * train_size if u.kind == "epochs"
+              else units.to_flops(budget, u, utilization=utilization) / train_flops_per_example)
+    if not math.isfinite(wanted) or wanted / batch_size > MAX_STEPS:
+        field = "epochs" if u.kind == "epochs" else "budget"
+        raise BadInput(f"{field}: {budget:g} {u.name} is {wanted / batch_size:.3g} steps of batch {batch_size}; "
+                       f"the step counter holds at most {MAX_STEPS:,} (int32); lower the budget or raise the batch")
     steps = units.budget_to_steps(budget, u, train_flops_per_example=train_flops_per_example,
                                   batch_size=batch_size, dataset_size=train_size,
                                   utilization=utilization)
-    wanted = (budget * train_size if u.kind == "epochs"
-              else units.to_flops(budget, u, utilization=utilization) / train_flops_per_example)
     if wanted < batch_size / 2:  # budget_to_steps would round it up to a whole step
         raise BadInput(
             f"budget: {budget:g} {u.name} buys {wanted:.3g} examples, less than one step of "

@@ -14,7 +14,8 @@ from typing import Any
 
 from scaling import units
 from scaling.errors import BadInput, closest
-from scaling.optim_config import OptimConfig
+from scaling.models import config as model_limits  # pure: the model's size and resolution ranges
+from scaling.models import registry  # pure: model name -> family -> its recipe dataclass
 
 # Where the persistent XLA compilation cache lives unless the user says otherwise
 # (results/ is the default home of everything the program writes:
@@ -24,6 +25,15 @@ DEFAULT_COMPILE_CACHE = "results/jax_cache"
 # bfloat16 is [B21]/[S23]'s setting on TPU (bf16 activations, fp32 params:
 # docs/references.md#precision); float16 is left out on purpose (it needs loss scaling).
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# Ranges the machine and the counters honour (every number a run takes has one):
+# the step counter is int32 in the train state, so a run has at most 2**31 - 1 steps
+# (scaling/train/budget.py refuses a budget that needs more); a jax PRNG seed is a
+# 32-bit value here; more evaluations or data workers than these are typos.
+MAX_STEPS = 2**31 - 1
+MAX_SEED = 2**31 - 1
+MAX_BATCH_SIZE = 2**20
+MAX_EVAL_POINTS = 10_000
+MAX_DATA_WORKERS = 256
 
 # A field's role, declared once on the field (metadata) and read by everything else:
 #   identity     what the run computes: hashed into the trial id, must match on resume;
@@ -51,8 +61,10 @@ def _f(default: Any, role: str, *, shape: bool = False, grid: bool = False):
 class TrainConfig:
     """One run: a model, a dataset, a budget (epochs OR budget+unit) and a peak LR.
 
-    model:       preset name ("F0", "F3+", "nfnet-d0.5-w0.125"); or leave None and give
-                 depth_mult and width_mult (the continuous family).
+    model:       a model name of any family (scaling/models/registry.py): "F0", "F3+",
+                 "nfnet-d0.5-w0.125", "ViT-S/16", "vit-w64-d4-m256-h2-p4"; or leave None and
+                 give depth_mult and width_mult (the continuous NFNet family). The family
+                 is read from the name, so it is no field of its own.
     epochs:      fractional epoch budget (0.25, 0.5, ...), or
     budget/unit: compute budget in any unit of scaling.units ("tpu-v4-core-hours",
                  "flops", ...); converted to steps by `scaling.train.budget.plan_steps`.
@@ -60,7 +72,8 @@ class TrainConfig:
     resolution:  train resolution (None: the dataset's native one, e.g. 32 for the
                  procedural set, else the model's train resolution [B21]);
     eval_resolution: held-out resolution (None: same as `resolution`).
-    optimizer:   overrides of scaling.optim.OptimConfig fields (e.g. {"weight_decay": 0}).
+    optimizer:   overrides of the family's recipe fields (NFNet: scaling.optim_config.OptimConfig,
+                 ViT: scaling.models.vit_config.ViTRecipe), e.g. {"weight_decay": 0}.
     eval_points: held-out evaluations along the way (besides the final one), evenly spaced.
     checkpoint_every_steps / checkpoint_every_minutes: save when either is reached.
     hardware:    profile measured time is reported against (scaling.units.HARDWARE);
@@ -73,6 +86,9 @@ class TrainConfig:
     compute_dtype: "float32" (default) or "bfloat16": the dtype of activations in training
                  AND evaluation; params, optimizer state, gradients and the loss stay float32
                  (docs/training.md, "Precision"). Slower on CPU; for GPU/TPU runs.
+    augment:     fields of scaling.data.augment.AugmentConfig for the TRAINING stream
+                 (e.g. {"crop_pad": 4, "flip": True, "pad_mode": "zero"}); {} = pad-and-crop
+                 by R/8 + flip. Held-out batches are never augmented.
     """
 
     # Each field declares its role once (see `_f` and the role constants above); the
@@ -101,6 +117,7 @@ class TrainConfig:
     log_indices: bool = _f(False, OPERATIONAL)
     data_workers: int = _f(0, OPERATIONAL)
     compute_dtype: str = _f("float32", IDENTITY, shape=True)
+    augment: dict = _f(dict, IDENTITY)
 
     # ---- validation -------------------------------------------------------------
     def validate(self) -> "TrainConfig":
@@ -112,8 +129,9 @@ class TrainConfig:
             raise BadInput("model: give either a preset name or --depth-mult/--width-mult, not both")
         for name in ("depth_mult", "width_mult"):
             v = getattr(self, name)
-            if v is not None and not (_finite(v) and v > 0):
-                raise BadInput(f"{name}: must be a positive number, got {v!r}")
+            top = model_limits.MAX_DEPTH_MULT if name == "depth_mult" else model_limits.MAX_WIDTH_MULT
+            if v is not None and not (_finite(v) and 0 < v <= top):
+                raise BadInput(f"{name}: must be a positive number up to {top:g}, got {v!r}")
         has_epochs = self.epochs is not None
         has_budget = self.budget is not None or self.unit is not None
         if has_epochs == has_budget:
@@ -128,20 +146,15 @@ class TrainConfig:
             units.parse_unit(self.unit)  # BadInput with a did-you-mean
         if not (_finite(self.lr) and self.lr > 0):
             raise BadInput(f"lr: must be a positive number, got {self.lr!r}")
-        _positive_int("batch_size", self.batch_size)
+        _int_in("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
         for name in ("resolution", "eval_resolution"):
             v = getattr(self, name)
             if v is not None:
-                _positive_int(name, v)
-                if v < 8:
-                    raise BadInput(f"{name}: {v} px is below the NFNet stem's 8x downsampling; use at least 8")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise BadInput(f"seed: must be an integer, got {self.seed!r}")
-        if not isinstance(self.eval_points, int) or self.eval_points < 0:
-            raise BadInput(f"eval_points: must be a non-negative integer, got {self.eval_points!r}")
-        _positive_int("checkpoint_every_steps", self.checkpoint_every_steps)
-        if not isinstance(self.data_workers, int) or self.data_workers < 0:
-            raise BadInput(f"data_workers: must be a non-negative integer, got {self.data_workers!r}")
+                model_limits.check_resolution(name, v)
+        _int_in("seed", self.seed, 0, MAX_SEED)
+        _int_in("eval_points", self.eval_points, 0, MAX_EVAL_POINTS)
+        _int_in("checkpoint_every_steps", self.checkpoint_every_steps, 1, MAX_STEPS)
+        _int_in("data_workers", self.data_workers, 0, MAX_DATA_WORKERS)
         if not (_finite(self.checkpoint_every_minutes) and self.checkpoint_every_minutes > 0):
             raise BadInput("checkpoint_every_minutes: must be a positive number of minutes")
         if self.utilization is not None and not (_finite(self.utilization) and 0 < self.utilization <= 1):
@@ -152,7 +165,12 @@ class TrainConfig:
             raise BadInput(f"compute_dtype: {self.compute_dtype!r} is not supported; "
                            f"{closest(self.compute_dtype, COMPUTE_DTYPES)}"
                            f"use one of {', '.join(COMPUTE_DTYPES)}")
-        OptimConfig.from_dict(self.optimizer)  # typed: unknown keys, types, ranges
+        # typed against the recipe of the model's family (NFNet: OptimConfig; ViT: ViTRecipe):
+        # unknown keys, types, ranges
+        registry.recipe_config(self.model, self.optimizer)
+        from scaling.data.augment import AugmentConfig
+
+        AugmentConfig.from_dict(self.augment)  # typed: unknown keys, types, ranges
         return self
 
     def _check_plain_types(self) -> None:
@@ -202,6 +220,12 @@ def _finite(v: Any) -> bool:
 def _positive_int(name: str, v: Any) -> None:
     if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
         raise BadInput(f"{name}: must be a positive integer, got {v!r}")
+
+
+def _int_in(name: str, v: Any, low: int, high: int) -> None:
+    """A whole number in [low, high], or BadInput naming the field and the range."""
+    if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
+        raise BadInput(f"{name}: must be a whole number in [{low:,}, {high:,}], got {v!r}")
 
 
 # ---- lists derived from the declared roles (never written by hand) -------------------

@@ -37,8 +37,8 @@ from scaling.train.budget import plan_steps
 from scaling.train.compiled import compiled, step_key
 from scaling.train.config import TrainConfig, identity_hash
 from scaling.train.counters import RunCounters
-from scaling.train.workdir import (append_jsonl, checkpoints_dir, claim_workdir, config_path,
-                                   index_log_path, metrics_path, read_result, tensorboard_dir,
+from scaling.train.workdir import (append_jsonl, checkpoints_dir, claim_workdir, config_path, ensure_dir,
+                                   index_log_path, locked, metrics_path, read_result, tensorboard_dir,
                                    truncate_jsonl, write_result)
 
 # The heartbeat promise to the sweep runner: called at least this often (seconds).
@@ -77,13 +77,16 @@ class TrainResult:
     measured_unit: str
     achieved_utilization: float      # model FLOP/s over the hardware's peak
     fingerprint: str                 # SHA-256 of the final params + optimizer state + step
+    family: str = "nfnet"            # architecture family (scaling/models/registry.py); the store's column
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainResult":
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        """From result.json; a field added later with a default (family) may be absent."""
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)
+                      if f.name in data or f.default is dataclasses.MISSING})
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -94,8 +97,7 @@ def setup_compile_cache(directory: str | None) -> None:
     the executable instead of compiling it."""
     if not directory:
         return
-    path = Path(directory).absolute()
-    path.mkdir(parents=True, exist_ok=True)
+    path = ensure_dir(Path(directory).absolute(), "compile_cache_dir")  # BadInput: a file, read-only
     if jax.config.jax_compilation_cache_dir != str(path):
         jax.config.update("jax_compilation_cache_dir", str(path))
         # Cache every executable: small CPU models compile in under the 1 s default.
@@ -104,17 +106,18 @@ def setup_compile_cache(directory: str | None) -> None:
 
 
 def _model_config(config: TrainConfig, num_classes: int):
-    from scaling.models.config import family_config, get_config
+    from scaling.models import registry
+    from scaling.models.config import family_config
 
     if config.model is not None:
-        return get_config(config.model, num_classes=num_classes)
+        return registry.get_config(config.model, num_classes=num_classes)
     return family_config(config.depth_mult, config.width_mult, num_classes=num_classes)
 
 
 def _optim_config(config: TrainConfig):
-    from scaling.optim_config import OptimConfig
+    from scaling.models import registry
 
-    return OptimConfig.from_dict(config.optimizer)
+    return registry.recipe_config(config.model, config.optimizer)  # the family's recipe dataclass
 
 
 def eval_steps(total_steps: int, points: int) -> set[int]:
@@ -129,12 +132,18 @@ def eval_steps(total_steps: int, points: int) -> set[int]:
 def run_training(config: TrainConfig, workdir: Path | str | None = None, *,
                  on_metrics: Callable[[dict], None] | None = None,
                  on_heartbeat: Callable[[], None] | None = None,
-                 progress: bool = False) -> TrainResult:
+                 progress: bool = False,
+                 should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """Train `config` in `workdir`; resume if a checkpoint is there; return its result.
 
     Calling it again on a finished workdir returns the stored result. On several
     processes (jax.distributed initialised) every process calls it with the same
     config and workdir (a shared filesystem); process 0 writes logs and results.
+    Process 0 holds the workdir's lock meanwhile (workdir.locked): a second run on the
+    same workdir is refused (WorkdirBusy). `should_stop` is asked at every step and
+    heartbeat; when it says so the run raises KeyboardInterrupt there (`scaling train`'s
+    Ctrl-C, which jax's garbage-collection callback may otherwise swallow), leaving the
+    workdir as an interrupt does: resumable from its last checkpoint.
     """
     config.validate()
     if workdir is None:
@@ -142,13 +151,16 @@ def run_training(config: TrainConfig, workdir: Path | str | None = None, *,
             raise BadInput("workdir: no run directory given; pass --workdir DIR")
         workdir = config.workdir
     workdir = Path(workdir).absolute()
-    if config_path(workdir).exists():
-        claim_workdir(config, workdir, create=False)
-        stored = read_result(workdir)
-        if stored is not None:
-            return TrainResult.from_dict(stored)
-    setup_compile_cache(config.compile_cache_dir)
-    return _Run(config, workdir, on_metrics, on_heartbeat, progress).run()
+    with locked(workdir, enabled=jax.process_index() == 0):
+        if config_path(workdir).exists():
+            claim_workdir(config, workdir, create=False)
+            stored = read_result(workdir)
+            if stored is not None:
+                return TrainResult.from_dict(stored)
+        setup_compile_cache(config.compile_cache_dir)
+        run = _Run(config, workdir, on_metrics, on_heartbeat, progress)
+        run.should_stop = should_stop
+        return run.run()
 
 
 class _Run:
@@ -158,9 +170,7 @@ class _Run:
     def __init__(self, config, workdir, on_metrics, on_heartbeat, progress):
         from scaling import units
         from scaling.data import get_dataset, train_iterator
-        from scaling.models.counts import count
-        from scaling.models.nfnet import NFNet, init_params
-        from scaling.optim import apply_updates, make_optimizer
+        from scaling.models import registry
         from scaling.train.checkpoint import RunCheckpoints
 
         # ---- what the config fixes
@@ -174,12 +184,13 @@ class _Run:
         self.dataset = get_dataset(config.dataset)
         self.model_cfg = _model_config(config, self.dataset.num_classes)
         self.optim_cfg = _optim_config(config)
+        self.family = registry.family_of(self.model_cfg)  # model, init and recipe come from here
         # Default: the dataset's native size if it has one (the procedural set renders at
         # 32 px), else the model's train resolution [B21].
         self.resolution = (config.resolution or self.dataset.native_resolution
                            or self.model_cfg.train_resolution)
         self.eval_resolution = config.eval_resolution or self.resolution
-        self.counts = count(self.model_cfg, self.resolution)
+        self.counts = registry.count(self.model_cfg, self.resolution, channels=self.dataset.channels)
         self.plan = plan_steps(epochs=config.epochs, budget=config.budget, unit=config.unit,
                                utilization=config.utilization, batch_size=config.batch_size,
                                train_size=self.dataset.train_size,
@@ -200,15 +211,17 @@ class _Run:
 
         # ---- model, optimizer, compiled-step factories, initial state, data
         self.mesh = step_mod.make_mesh()
-        model = NFNet(self.model_cfg, dtype=config.compute_dtype)
-        optimizer = make_optimizer(self.optim_cfg)
+        model = self.family.load("module")(self.model_cfg, dtype=config.compute_dtype)
+        recipe = self.family.load("make_recipe")(self.optim_cfg)
+        optimizer = recipe.optimizer
         self.compile_key = step_key(config, self.model_cfg, self.optim_cfg, self.mesh.devices.flat)
         self.make_train_step = functools.partial(
-            step_mod.make_train_step, model, optimizer, apply_updates,
+            step_mod.make_train_step, model, recipe,
             label_smoothing=self.optim_cfg.label_smoothing, mesh=self.mesh)
         self.make_eval_step = functools.partial(step_mod.make_eval_step, model, mesh=self.mesh)
         rep = step_mod.replicated(self.mesh)
-        params = init_params(self.model_cfg, jax.random.key(config.seed), self.resolution)
+        params = self.family.load("init")(self.model_cfg, jax.random.key(config.seed), self.resolution,
+                                          channels=self.dataset.channels)
         state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.int32(0)}
         self.state = jax.tree.map(lambda x: _put_replicated(np.asarray(x), rep), state)
         hyper = step_mod.make_hyper(peak_lr=config.lr,
@@ -219,7 +232,8 @@ class _Run:
                                        seed=config.seed, resolution=self.resolution,
                                        process_index=jax.process_index(),
                                        process_count=jax.process_count(),
-                                       worker_count=config.data_workers)
+                                       worker_count=config.data_workers,
+                                       augment=config.augment)
 
         # ---- progress: counters (restored by resume()), step clock, the lag, outcome
         self.counters = RunCounters()
@@ -240,7 +254,7 @@ class _Run:
 
     # ---- life cycle ---------------------------------------------------------------
     def run(self) -> TrainResult:
-        from scaling.models.config import model_name
+        from scaling.models.registry import model_name
         from scaling.train.checkpoint import fingerprint
 
         try:
@@ -277,6 +291,7 @@ class _Run:
         """Steps start+1 .. total_steps, one step of lag (module docstring, "Hot path");
         stops early when drain() finds a non-finite loss."""
         for step in range(start + 1, self.total_steps + 1):
+            self.check_stop()
             metrics = self.dispatch(step, first=step == start + 1)
             if self.pending is not None:  # read step - 1 while `step` is queued behind it
                 row = self.drain()
@@ -360,7 +375,15 @@ class _Run:
             self.tb.close()
 
     # ---- small pieces -------------------------------------------------------------
+    should_stop: Callable[[], bool] | None = None  # set by run_training
+
+    def check_stop(self) -> None:
+        """Raise KeyboardInterrupt if the caller asked to stop (run_training's should_stop)."""
+        if self.should_stop is not None and self.should_stop():
+            raise KeyboardInterrupt
+
     def heartbeat(self, force: bool = False) -> None:
+        self.check_stop()
         now = time.monotonic()
         if self.on_heartbeat is not None and (force or now - self.last_beat >= HEARTBEAT_SECONDS / 2):
             self.on_heartbeat()
@@ -442,6 +465,7 @@ class _Run:
             achieved_utilization=units.achieved_utilization(train_flops, wall_s, self.hardware,
                                                             self.num_devices) if wall_s > 0 else 0.0,
             fingerprint=digest,
+            family=self.family.name,
         )
 
 

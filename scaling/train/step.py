@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from scaling.loss import cross_entropy, eval_sums
-from scaling.optim import learning_rate
+from scaling.optim import Recipe, learning_rate
 
 DATA_AXIS = "data"
 
@@ -59,9 +59,17 @@ def to_model_input(image: jax.Array) -> jax.Array:
     return image.astype(jnp.float32)
 
 
-def make_train_step(model, optimizer, apply_updates: Callable, *, label_smoothing: float,
+def make_train_step(model, optimizer, apply_updates: Callable | None = None, *, label_smoothing: float,
                     mesh: Mesh) -> Callable:
-    """(state, batch, hyper) -> (state, metrics); state = {params, opt_state, step}."""
+    """(state, batch, hyper) -> (state, metrics); state = {params, opt_state, step}.
+
+    `optimizer` is a family's `scaling.optim.Recipe` (optimizer, schedule, update rule),
+    or an optax transformation with `apply_updates(params, direction, lr)` and the
+    NFNet schedule (the form this function had before families: the same program)."""
+    if isinstance(optimizer, Recipe):
+        recipe = optimizer
+    else:
+        recipe = Recipe(optimizer, learning_rate, lambda p, d, lr, peak_lr: apply_updates(p, d, lr))
 
     def train_step(state: dict, batch: dict, hyper: Hyper):
         TRACE_COUNT["train"] += 1
@@ -74,10 +82,10 @@ def make_train_step(model, optimizer, apply_updates: Callable, *, label_smoothin
             return cross_entropy(logits, batch["label"], label_smoothing=label_smoothing)
 
         loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-        direction, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        lr = learning_rate(step, peak_lr=hyper.peak_lr, warmup_steps=hyper.warmup_steps,
-                           total_steps=hyper.total_steps)
-        params = apply_updates(state["params"], direction, lr)
+        direction, opt_state = recipe.optimizer.update(grads, state["opt_state"], state["params"])
+        lr = recipe.learning_rate(step, peak_lr=hyper.peak_lr, warmup_steps=hyper.warmup_steps,
+                                  total_steps=hyper.total_steps)
+        params = recipe.apply_updates(state["params"], direction, lr, hyper.peak_lr)
         new_state = {"params": params, "opt_state": opt_state, "step": step + 1}
         return new_state, {"loss": loss, "lr": lr}
 
