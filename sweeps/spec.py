@@ -137,6 +137,9 @@ class SweepSpec:
     # whose models, LRs, budgets and recipe are the fields above. With groups, those fields
     # hold the union over the groups (models, LRs, budgets) and the top-level [recipe].
     groups: tuple[SweepGroup, ...] = ()
+    # Input channels of the data (1 for grayscale sources such as Fashion-MNIST): the
+    # spec's parameter and FLOP counts are those of the network the trainer builds.
+    channels: int = 3
 
     @property
     def mode(self) -> str:
@@ -252,7 +255,7 @@ class ModelInfo:
     family: str = "nfnet"  # the architecture family (scaling/models/registry.py)
 
 
-def describe_model(ref: ModelRef, *, num_classes: int, resolution: int) -> ModelInfo:
+def describe_model(ref: ModelRef, *, num_classes: int, resolution: int, channels: int = 3) -> ModelInfo:
     """Resolve a model reference of any family with the pure registry (BadInput if unknown)."""
     from scaling.models.config import family_config
 
@@ -261,7 +264,7 @@ def describe_model(ref: ModelRef, *, num_classes: int, resolution: int) -> Model
     else:
         cfg = family_config(ref.depth_mult, ref.width_mult, num_classes=num_classes)
     fam = registry.family_of(cfg)
-    counts = fam.count(cfg, resolution)
+    counts = fam.count(cfg, resolution, channels=channels)
     shape = fam.shape(cfg)
     depth, width = shape.get("depth_mult"), shape.get("width_mult")
     # The canonical name ("f3+" -> "F3+"): one spelling per model, so one trial id.
@@ -391,7 +394,8 @@ def parse_spec(data: dict, *, default_name: str = "sweep", require_data: bool = 
                   resolution=resolution, eval_resolution=eval_resolution, seeds=tuple(seeds_raw),
                   train_examples=train_examples, heldout_examples=heldout_examples, recipe=recipe,
                   lr_extension=ext, report_unit=report_unit,
-                  description=str(data.get("description", "")))
+                  description=str(data.get("description", "")),
+                  channels=getattr(facts, "channels", 3))
 
     mode = "grid" if "grid" in data else "isoflop"
     raw = data[mode]
@@ -533,7 +537,8 @@ def train_config_fields() -> set[str]:
 
 def _model_info(spec: SweepSpec, ref: ModelRef, where: str | None = None) -> ModelInfo:
     try:
-        return describe_model(ref, num_classes=spec.num_classes, resolution=spec.resolution)
+        return describe_model(ref, num_classes=spec.num_classes, resolution=spec.resolution,
+                              channels=spec.channels)
     except BadInput as err:
         where = where or ("isoflop." if spec.mode == "isoflop" else "grid.")
         raise BadInput(f"{where}{err}") from None

@@ -58,6 +58,9 @@ def spec(directory: Path, extra: str = "") -> str:
     return f"fashion-mnist:dir={directory},verify=false" + (f",{extra}" if extra else "")
 
 
+spec_of = spec  # for tests with a local named `spec`
+
+
 # ------------------------------------------------------------------------ the source
 
 def test_fixture_reads_as_grayscale_with_its_sizes_and_a_rebuildable_name(fixture_dir):
@@ -289,6 +292,7 @@ def test_default_augmentation_keeps_the_old_iterator_state():
     ({"flip": "yes"}, "augment.flip"),
     ({"pad_mode": "mirror"}, "augment.pad_mode"),
     ("crop", "augment: must be a table"),
+    (None, "augment: must be a table"),
 ])
 def test_bad_augment_values_are_refused_by_the_train_config(aug, field):
     from scaling.train.config import TrainConfig
@@ -355,6 +359,24 @@ def test_prepare_converts_it_to_arrayrecord_that_reads_back_the_same_pixels(fixt
         assert not np.array_equal(a[1], b[1]) or split == 1 and n < 3
     batch = next(train_iterator(ar, global_batch_size=8, seed=0, resolution=28))
     assert batch["image"].shape == (8, 28, 28, 1)
+
+
+def test_a_sweep_spec_on_grayscale_data_counts_one_channel(fixture_dir):
+    from scaling.models.config import family_config
+    from scaling.models.counts import count
+    from sweeps.spec import expand, parse_spec
+
+    spec = parse_spec({"name": "g", "dataset": spec_of(fixture_dir), "batch_size": 8,
+                       "recipe": {"augment": {"crop_pad": 0}},
+                       "grid": {"depth_mults": [0.25], "width_mults": [0.03125], "epochs": [1], "lr": [0.1]}})
+    (trial,) = expand(spec)
+    want = count(family_config(0.25, 0.03125, num_classes=10), 28, channels=1)
+    assert (spec.channels, trial.params, trial.flops_per_example) == (1, want.params, want.flops)
+    assert trial.config["augment"] == {"crop_pad": 0}
+    with pytest.raises(BadInput, match="^recipe.augment.flip"):
+        expand(parse_spec({"name": "g", "dataset": spec_of(fixture_dir), "batch_size": 8,
+                           "recipe": {"augment": {"flip": "no"}},
+                           "grid": {"depth_mults": [0.25], "width_mults": [0.03125], "epochs": [1], "lr": [0.1]}}))
 
 
 # ------------------------------------------------------------------------ CLI

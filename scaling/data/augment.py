@@ -50,8 +50,6 @@ class AugmentConfig:
         """From a spec's or the CLI's table; unknown keys get a did-you-mean."""
         if isinstance(data, AugmentConfig):
             return data
-        if data is None:
-            return cls()
         if not isinstance(data, dict):
             raise BadInput("augment: must be a table of augmentation fields, e.g. { crop_pad = 4, flip = true }")
         known = [f.name for f in dataclasses.fields(cls)]

@@ -228,7 +228,7 @@ def train_iterator(ds: Dataset, *, global_batch_size: int, seed: int, resolution
         raise BadInput(f"resolution: must be positive, got {resolution}")
     if ds.train_size <= 0:
         raise BadInput(f"dataset {ds.name}: has no training examples")
-    aug = AugmentConfig.from_dict(augment)
+    aug = AugmentConfig() if augment is None else AugmentConfig.from_dict(augment)
     if aug.pad(resolution) >= resolution:
         raise BadInput(f"augment.crop_pad: {aug.pad(resolution)} px is not below the {resolution} px "
                        "train resolution; use a smaller margin (R/8 is usual)")
