@@ -4,7 +4,8 @@ A spec names the data and the recipe once and then either a grid (models x epoch
 budgets x learning rates) or IsoFLOP budgets (for each budget and model, the epochs
 that spend it). Every mistake is ONE `BadInput` line naming the key and the fix, so
 `scaling sweep run` exits 2 before anything is written to the store (docs/sweeps.md).
-No jax here: model sizes come from the pure `scaling.models.config/counts`.
+No jax here: model names, families and sizes come from the pure family registry
+(`scaling.models.registry`).
 """
 from __future__ import annotations
 

@@ -15,9 +15,12 @@ layer norms `scale`/`bias`; `pos_embedding` (1, T, D), `cls` (1, 1, D); blocks
 `block<i>/{ln1, attn/{qkv, out}, ln2, mlp/{fc1, fc2}}`; `encoder_norm`; the MAP head
 `map_head/{probe, attn/{q, kv, out}, ln, mlp/{fc1, fc2}}`; the classifier `classifier`.
 
-CPU kernels (measured in docs/models.md#vit-on-this-cpu): the patch embedding is a
-reshape and one matrix product instead of a strided convolution, q/k/v is one fused
-matrix product, and attention is two einsums with the softmax in float32.
+CPU kernels (measured in docs/models.md#vit-on-this-cpu): the blocks hold the tokens of
+the whole batch as rows of one [B*T, D] matrix, so every projection is a plain 2-D matrix
+product forward and backward (on [B, T, D] activations XLA transposed them around each
+weight-gradient product); q/k/v is one fused product; attention is two einsums in
+[B, heads, T, head dim] layout with the softmax in float32 (`impl="cpu"`); layer norms
+are written out (flax's materialised a full-size broadcast for the backward pass).
 
 A different input size than the one the parameters were made for (e.g. evaluation at
 another resolution) resamples the patch position embeddings bilinearly, as big_vision
@@ -69,9 +72,8 @@ IMPLS = ("cpu", "native")
 
 def resolve_impl(impl: str) -> str:
     """"auto" -> "cpu" on the CPU backend, "native" elsewhere (as NFNet's conv_impl):
-      cpu     patch embedding as reshape + one matrix product; attention as two einsums
-      native  patch embedding as a strided convolution; jax.nn.dot_product_attention
-              (which may pick a fused kernel on GPU)
+      cpu     attention as two einsums, softmax in float32
+      native  jax.nn.dot_product_attention (which may pick a fused kernel on GPU)
     Both compute the same function (tests/test_models_vit.py)."""
     if impl == "auto":
         return "cpu" if jax.default_backend() == "cpu" else "native"
@@ -83,12 +85,12 @@ def resolve_impl(impl: str) -> str:
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping P x P patches -> D (a VALID stride-P conv; on CPU one matrix product)."""
+    """Non-overlapping P x P patches -> D: a VALID stride-P convolution. (As a reshape and
+    one matrix product it was 1-10% slower per train step on this CPU: docs/models.md.)"""
 
     width: int
     patch: int
     dtype: Any = jnp.float32
-    impl: str = "cpu"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -97,14 +99,9 @@ class PatchEmbed(nn.Module):
         gh, gw = h // p, w // p
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (p, p, c, self.width))
         bias = self.param("bias", nn.initializers.zeros, (self.width,))
-        x = x[:, :gh * p, :gw * p, :]
-        if self.impl == "native":
-            y = lax.conv_general_dilated(x, kernel.astype(self.dtype), (p, p), "VALID",
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC")).reshape(b, gh * gw, self.width)
-        else:
-            x = x.reshape(b, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, p * p * c)
-            y = x @ kernel.astype(self.dtype).reshape(p * p * c, self.width)
-        return y + bias.astype(self.dtype), (gh, gw)
+        y = lax.conv_general_dilated(x[:, :gh * p, :gw * p, :], kernel.astype(self.dtype), (p, p), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y.reshape(b, gh * gw, self.width) + bias.astype(self.dtype), (gh, gw)
 
 
 def _attend(q, k, v, num_heads: int, impl: str = "cpu"):
@@ -117,11 +114,12 @@ def _attend(q, k, v, num_heads: int, impl: str = "cpu"):
     v = v.reshape(b, t, num_heads, hd)
     if impl == "native":
         return jax.nn.dot_product_attention(q, k, v).reshape(b, s, d)
-    q = q * jnp.asarray(1.0 / math.sqrt(hd), q.dtype)
-    logits = jnp.einsum("bshd,bthd->bhst", q, k)
+    q = (q * jnp.asarray(1.0 / math.sqrt(hd), q.dtype)).transpose(0, 2, 1, 3)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    logits = jnp.einsum("bhsd,bhtd->bhst", q, k)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhst,bthd->bshd", weights, v)
-    return out.reshape(b, s, d)
+    out = jnp.einsum("bhst,bhtd->bhsd", weights, v)
+    return out.transpose(0, 2, 1, 3).reshape(b, s, d)
 
 
 class SelfAttention(nn.Module):
@@ -230,7 +228,7 @@ class ViT(nn.Module):
         dtype = jnp.dtype(self.dtype)
         impl = resolve_impl(self.impl)
         b = x.shape[0]
-        x, grid = PatchEmbed(cfg.width, cfg.patch_size, dtype, impl, name="embedding")(x.astype(dtype))
+        x, grid = PatchEmbed(cfg.width, cfg.patch_size, dtype, name="embedding")(x.astype(dtype))
         extra = 1 if cfg.pool == "tok" else 0
         if extra:
             cls = self.param("cls", nn.initializers.zeros, (1, 1, cfg.width))
