@@ -53,8 +53,34 @@ def check_typed_fields(obj: Any, where: str) -> None:
             raise BadInput(f"{where}{f.name}: {v!r} is out of range; use a value in {_range_text(m)}")
 
 
+class TypedRecipe:
+    """What every family's recipe dataclass shares: built from a table with a
+    did-you-mean for unknown keys, and a warmup given as a fraction of the run."""
+
+    RECIPE_NAME = ""  # e.g. " of the ViT recipe", in the unknown-key message
+
+    @classmethod
+    def from_dict(cls, data: Any):
+        """From a spec's or the CLI's table; unknown keys get a did-you-mean."""
+        if not isinstance(data, dict):
+            raise BadInput("optimizer: must be a table of optimizer fields, e.g. { weight_decay = 0.0 }")
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in known:
+                raise BadInput(f"optimizer.{key}: unknown field{cls.RECIPE_NAME}; {closest(str(key), known)}"
+                               f"known: {', '.join(known)}")
+        return cls(**data)
+
+    def warmup_steps(self, total_steps: int) -> int:
+        """Warmup length of a run of `total_steps` updates (a Python int, not traced)."""
+        if total_steps < 1:
+            raise BadInput(f"total_steps: {total_steps} < 1; a run needs at least one step")
+        # Capped at total_steps - 1 so that at least one update runs at the peak LR.
+        return min(int(round(self.warmup_fraction * total_steps)), total_steps - 1)
+
+
 @dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(TypedRecipe):
     """Hyper-parameters of the recipe that are fixed per compilation.
 
     The peak learning rate and the run length are NOT here: they are runtime inputs of
@@ -84,21 +110,3 @@ class OptimConfig:
     def __post_init__(self):
         check_typed_fields(self, "optimizer.")
 
-    @classmethod
-    def from_dict(cls, data: Any) -> "OptimConfig":
-        """From a spec's or the CLI's table; unknown keys get a did-you-mean."""
-        if not isinstance(data, dict):
-            raise BadInput("optimizer: must be a table of optimizer fields, e.g. { weight_decay = 0.0 }")
-        known = [f.name for f in dataclasses.fields(cls)]
-        for key in data:
-            if key not in known:
-                raise BadInput(f"optimizer.{key}: unknown field; {closest(str(key), known)}"
-                               f"known: {', '.join(known)}")
-        return cls(**data)
-
-    def warmup_steps(self, total_steps: int) -> int:
-        """Warmup length of a run of `total_steps` updates (a Python int, not traced)."""
-        if total_steps < 1:
-            raise BadInput(f"total_steps: {total_steps} < 1; a run needs at least one step")
-        # Capped at total_steps - 1 so that at least one update runs at the peak LR.
-        return min(int(round(self.warmup_fraction * total_steps)), total_steps - 1)

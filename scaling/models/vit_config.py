@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 
 from scaling.errors import BadInput, closest
-from scaling.optim_config import _p, check_typed_fields
+from scaling.optim_config import TypedRecipe, _p, check_typed_fields
 
 FAMILY = "vit"
 # How the token sequence becomes one vector ([D21] class token, [Z21]/[A23] MAP head,
@@ -273,7 +273,7 @@ def grid_names(table: dict, where: str) -> list[str]:
 
 # --- the default training recipe ------------------------------------------------------------
 @dataclass(frozen=True)
-class ViTRecipe:
+class ViTRecipe(TypedRecipe):
     """The ViT training recipe, fixed per compilation (peak LR and run length are runtime
     inputs, as for NFNet). Adam with big_vision's decoupled weight decay and global-norm
     clipping, warmup then cosine (or linear) decay over the run's own length. Sources:
@@ -284,6 +284,8 @@ class ViTRecipe:
     decay follows the schedule but not the peak learning rate, so an LR grid does not
     change how strongly weights decay.
     """
+
+    RECIPE_NAME = " of the ViT recipe"  # in the unknown-key message
 
     beta1: float = _p(0.9, "float", 0.0, 1.0, hi_open=True)  # optax scale_by_adam default, used by big_vision vit_i1k
     beta2: float = _p(0.999, "float", 0.0, 1.0, hi_open=True)  # same
@@ -308,18 +310,3 @@ class ViTRecipe:
             raise BadInput(f"optimizer.decay: {self.decay!r} is not one of {', '.join(DECAYS)}; "
                            f"e.g. decay = \"cosine\"")
 
-    @classmethod
-    def from_dict(cls, data) -> "ViTRecipe":
-        if not isinstance(data, dict):
-            raise BadInput("optimizer: must be a table of optimizer fields, e.g. { weight_decay = 0.0 }")
-        known = [f.name for f in dataclasses.fields(cls)]
-        for key in data:
-            if key not in known:
-                raise BadInput(f"optimizer.{key}: unknown field of the ViT recipe; {closest(str(key), known)}"
-                               f"known: {', '.join(known)}")
-        return cls(**data)
-
-    def warmup_steps(self, total_steps: int) -> int:
-        if total_steps < 1:
-            raise BadInput(f"total_steps: {total_steps} < 1; a run needs at least one step")
-        return min(int(round(self.warmup_fraction * total_steps)), total_steps - 1)
