@@ -25,10 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import duel, import_timm, jax_train_step, machine, print_machine, serve  # noqa: E402
 
 # name -> (depth_mult, width_mult, resolution). The 32x32 four span ~60x in params
 # (0.28M .. 17M, the sizes of an earlier quick probe); d1-w0.25-r64 is the larger-map case.
@@ -41,41 +41,9 @@ SIZES = {
 }
 NUM_CLASSES = 10
 LR, MOMENTUM = 0.01, 0.9  # plain SGD + momentum on both sides; the values do not change the cost
-# torch's OpenMP threads spin-wait by default; PASSIVE makes them sleep when idle. Which
-# is faster depends on the machine's load, so both are tried (see the module docstring).
-TORCH_POLICIES = ("default", "PASSIVE")
-PAUSE_S = 0.3  # between blocks: OpenMP's spin-wait (KMP_BLOCKTIME 200 ms) ends before the other starts
 
 
 # --- the peer: timm ----------------------------------------------------------------------
-
-
-def import_timm():
-    """Import timm, working around a CUDA-linked torchvision beside a CPU torch.
-
-    timm imports torchvision; PyPI's torchvision 0.28.0 is built against the CUDA torch
-    2.13.0, so beside the CPU wheel its C extension (detection ops, unused by NFNet)
-    cannot load and torchvision's import fails while registering fake kernels for the
-    ops `nms`/`qnms`. Declaring those two op schemas first lets the pure-Python part of
-    torchvision import. With a matching pair (bench/README.md) the first import works.
-    """
-    import torch
-
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError as err:
-        if "torchvision::" not in str(err):
-            raise
-        for name in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
-            del sys.modules[name]
-        lib = torch.library.Library("torchvision", "DEF")
-        for op in ("nms", "qnms"):
-            lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        import_timm._keep = lib  # the schema lives as long as the Library object
-        import torchvision  # noqa: F401
-    import timm
-
-    return timm
 
 
 def timm_model(cfg):
@@ -145,111 +113,38 @@ class JaxRunner:
 
         from scaling.models.nfnet import NFNet, init_params
 
-        self.jax = jax
-        t0 = time.perf_counter()
         params = init_params(cfg, jax.random.key(0), resolution, conv_impl)
-        jax.block_until_ready(params)
-        self.init_s = time.perf_counter() - t0
         self.params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
         model = NFNet(cfg, conv_impl)
-        opt = optax.sgd(LR, momentum=MOMENTUM)
 
         def loss_fn(p, x, y, key):
             logits = model.apply({"params": p}, x, train=True, rngs={"dropout": key})
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-        def train_step(p, opt_state, x, y, key):
-            loss, grads = jax.value_and_grad(loss_fn)(p, x, y, key)
-            updates, opt_state = opt.update(grads, opt_state, p)
-            return optax.apply_updates(p, updates), opt_state, loss
-
         rng = np.random.default_rng(0)
-        self.x = jnp.asarray(rng.normal(size=(batch, resolution, resolution, 3)).astype(np.float32))
-        self.y = jnp.asarray(rng.integers(0, cfg.num_classes, size=batch).astype(np.int32))
-        self.key = jax.random.key(1)
-        self.state = (params, opt.init(params))
-        t0 = time.perf_counter()
-        self.fn = jax.jit(train_step, donate_argnums=(0, 1)).lower(*self.state, self.x, self.y, self.key).compile()
-        self.compile_s = time.perf_counter() - t0
+        batch_arrays = (jnp.asarray(rng.normal(size=(batch, resolution, resolution, 3)).astype(np.float32)),
+                        jnp.asarray(rng.integers(0, cfg.num_classes, size=batch).astype(np.int32)),
+                        jax.random.key(1))
+        self._step, self.state, self.compile_s = jax_train_step(
+            loss_fn, params, optax.sgd(LR, momentum=MOMENTUM), batch_arrays)
 
     def step(self) -> float:
-        p, o, loss = self.fn(*self.state, self.x, self.y, self.key)
-        self.state = (p, o)
-        return float(loss)  # blocks until the step is done
+        self.state, loss = self._step(self.state)
+        return loss
 
 
-# --- measurement -------------------------------------------------------------------------
+# --- measurement (bench/_harness.py) ------------------------------------------------------
 
 
-def timed(runner, steps: int) -> float:
-    """Seconds per step over `steps` steps (each step ends with a host sync)."""
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        runner.step()
-    return (time.perf_counter() - t0) / steps
-
-
-def worker(framework: str, name: str, batch: int, steps: int, conv_impl: str) -> int:
-    """One framework in this process: build, warm up, then time a block per 'go' line."""
+def runner(framework: str, name: str, args):
     from scaling.models.config import family_config
 
     depth, width, res = SIZES[name]
     cfg = family_config(depth, width, num_classes=NUM_CLASSES)
     if framework == "timm":
-        import_timm()  # the torchvision shim first (see import_timm)
-    t0 = time.perf_counter()
-    runner = JaxRunner(cfg, batch, res, conv_impl) if framework == "jax" else TimmRunner(cfg, batch, res)
-    build_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    runner.step()
-    runner.step()
-    info = {"ready": True, "params": runner.params, "build_s": build_s, "warmup_s": time.perf_counter() - t0,
-            "compile_s": getattr(runner, "compile_s", None)}
-    if framework == "timm":
-        import torch
-
-        info.update(torch_threads=torch.get_num_threads(), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""))
-    print(json.dumps(info), flush=True)
-    for line in sys.stdin:
-        if line.strip() != "go":
-            break
-        print(json.dumps({"step_s": timed(runner, steps)}), flush=True)
-    return 0
-
-
-class Proc:
-    """A worker process driven over its stdin/stdout."""
-
-    def __init__(self, framework: str, name: str, args, policy: str = "default"):
-        import subprocess
-
-        env = dict(os.environ)
-        env.pop("OMP_WAIT_POLICY", None)
-        if policy != "default":
-            env["OMP_WAIT_POLICY"] = policy
-        self.label = framework if framework == "jax" else f"timm[{policy}]"
-        self.p = subprocess.Popen(
-            [sys.executable, __file__, "--worker", framework, "--sizes", name, "--batch", str(args.batch),
-             "--steps", str(args.steps), "--conv-impl", args.conv_impl],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.info = self._read()
-
-    def _read(self) -> dict:
-        line = self.p.stdout.readline()
-        if not line:
-            raise SystemExit(f"{self.label}: the worker died (run it alone with --worker to see why)")
-        return json.loads(line)
-
-    def block(self) -> float:
-        self.p.stdin.write("go\n")
-        self.p.stdin.flush()
-        out = self._read()["step_s"]
-        time.sleep(PAUSE_S)
-        return out
-
-    def close(self) -> None:
-        self.p.stdin.close()
-        self.p.wait(timeout=60)
+        import_timm()  # the torchvision shim first (see _harness.import_timm)
+        return TimmRunner(cfg, args.batch, res)
+    return JaxRunner(cfg, args.batch, res, args.conv_impl)
 
 
 def bench_size(name: str, args) -> dict:
@@ -258,57 +153,10 @@ def bench_size(name: str, args) -> dict:
 
     depth, width, res = SIZES[name]
     analytic = count(family_config(depth, width, num_classes=NUM_CLASSES), res).params
-    load_before = os.getloadavg()[0]
-    # The peer's wait policy: a pilot of 2 alternated blocks each, the faster kept.
-    peers = {pol: Proc("timm", name, args, pol) for pol in TORCH_POLICIES}
-    pilot = {pol: [] for pol in peers}
-    for _ in range(2):
-        for pol, proc in peers.items():
-            pilot[pol].append(proc.block())
-    best = min(pilot, key=lambda pol: statistics.median(pilot[pol]))
-    for pol, proc in peers.items():
-        if pol != best:
-            proc.close()
-    peer = peers[best]
-    ours = Proc("jax", name, args)
-    if not ours.info["params"] == peer.info["params"] == analytic:
-        raise SystemExit(f"{name}: parameter counts differ: ours {ours.info['params']}, timm "
-                         f"{peer.info['params']}, analytic {analytic}; the configurations do not match")
-    per_step = {"jax": [], "timm": []}
-    for rep in range(args.repeats):
-        order = (("jax", ours), ("timm", peer)) if rep % 2 == 0 else (("timm", peer), ("jax", ours))
-        for label, proc in order:
-            per_step[label].append(proc.block())
-    ours.close()
-    peer.close()
-    med = {k: statistics.median(v) for k, v in per_step.items()}
-    return dict(
-        size=name, depth_mult=depth, width_mult=width, resolution=res, batch=args.batch, params=analytic,
-        jax_img_s=args.batch / med["jax"], timm_img_s=args.batch / med["timm"], ratio=med["timm"] / med["jax"],
-        ratio_min=min(per_step["timm"]) / max(per_step["jax"]), ratio_max=max(per_step["timm"]) / min(per_step["jax"]),
-        jax_compile_s=ours.info["compile_s"], torch_policy=best, torch_threads=peer.info.get("torch_threads"),
-        pilot_s=pilot, jax_step_s=per_step["jax"], timm_step_s=per_step["timm"],
-        load_before=load_before, load_after=os.getloadavg()[0],
-    )
-
-
-def machine() -> dict:
-    import flax
-    import jax
-    import jaxlib
-    import torch
-
-    timm = import_timm()
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return dict(cpu=cpu, cores=len(os.sched_getaffinity(0)), platform=platform.platform(),
-                python=platform.python_version(), jax=jax.__version__, jaxlib=jaxlib.__version__,
-                flax=flax.__version__, torch=torch.__version__, timm=timm.__version__,
-                xla_flags=os.environ.get("XLA_FLAGS", ""), loadavg_start=os.getloadavg())
+    worker_args = ["--sizes", name, "--batch", str(args.batch), "--steps", str(args.steps),
+                   "--conv-impl", args.conv_impl]
+    row = duel(__file__, worker_args, args.repeats, args.batch, analytic, name)
+    return dict(size=name, depth_mult=depth, width_mult=width, resolution=res, **row)
 
 
 def main(argv=None) -> int:
@@ -322,12 +170,11 @@ def main(argv=None) -> int:
     ap.add_argument("--worker", choices=("jax", "timm"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        return worker(args.worker, args.sizes[0], args.batch, args.steps, args.conv_impl)
+        return serve(runner, args.worker, args.sizes[0], args)
 
     info = machine()
-    print(f"machine: {info['cpu']}, {info['cores']} cores, {info['platform']}")
-    print(f"versions: python {info['python']}, jax {info['jax']} (jaxlib {info['jaxlib']}), flax {info['flax']}, "
-          f"torch {info['torch']}, timm {info['timm']}; XLA_FLAGS={info['xla_flags']!r}; conv_impl={args.conv_impl}")
+    print_machine(info)
+    print(f"conv_impl={args.conv_impl}")
     print(f"batch {args.batch}, fp32, SGD+momentum step; each framework in its own process, "
           f"{args.repeats} alternated blocks x {args.steps} steps; medians [min..max of the ratio]")
     print(f"{'size':<16}{'params':>10}{'res':>5}{'jax img/s':>11}{'timm img/s':>12}{'jax/timm':>10}"

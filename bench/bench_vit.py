@@ -7,7 +7,7 @@ equal or the script stops) at the same batch and resolution, fp32, one Adam step
 (forward, backward, update). Known difference: our GELU is the tanh form (flax's and
 big_vision's default), timm's the erf form; both one elementwise pass.
 
-Fairness, as bench/bench_nfnet.py (bench/README.md):
+Fairness, as bench/bench_nfnet.py (bench/_harness.py, bench/README.md):
 - each framework runs in its OWN process with its own best thread settings: XLA's CPU
   client on every core; torch with its default thread count, its OpenMP wait policy
   picked by a short alternated pilot (default vs OMP_WAIT_POLICY=PASSIVE, faster kept);
@@ -26,13 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_nfnet import PAUSE_S, TORCH_POLICIES, import_timm  # noqa: E402  (the torchvision shim)
+from _harness import duel, import_timm, jax_train_step, machine, print_machine, serve  # noqa: E402
 
 # name -> (width, depth, mlp, heads, patch, resolution). The first two are the compare
 # spec's ViTs (sweeps/specs/compare.toml); the last is ViT-Ti's shape on 32 px inputs.
@@ -94,107 +91,36 @@ class JaxRunner:
 
         from scaling.models.vit import ViT, init_params
 
-        t0 = time.perf_counter()
         params = init_params(cfg, jax.random.key(0), resolution)
         # timm's head is not zero-initialised; give ours a random one too (same cost)
         params["classifier"]["kernel"] = 0.02 * jax.random.normal(jax.random.key(2), params["classifier"]["kernel"].shape)
-        jax.block_until_ready(params)
-        self.init_s = time.perf_counter() - t0
         self.params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
         model = ViT(cfg, impl=impl)
-        opt = optax.adam(LR)
 
         def loss_fn(p, x, y):
             logits = model.apply({"params": p}, x, train=True)
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-        def train_step(p, opt_state, x, y):
-            loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
-            updates, opt_state = opt.update(grads, opt_state, p)
-            return optax.apply_updates(p, updates), opt_state, loss
-
         rng = np.random.default_rng(0)
-        self.x = jnp.asarray(rng.normal(size=(batch, resolution, resolution, 3)).astype(np.float32))
-        self.y = jnp.asarray(rng.integers(0, cfg.num_classes, size=batch).astype(np.int32))
-        self.state = (params, opt.init(params))
-        t0 = time.perf_counter()
-        self.fn = jax.jit(train_step, donate_argnums=(0, 1)).lower(*self.state, self.x, self.y).compile()
-        self.compile_s = time.perf_counter() - t0
+        batch_arrays = (jnp.asarray(rng.normal(size=(batch, resolution, resolution, 3)).astype(np.float32)),
+                        jnp.asarray(rng.integers(0, cfg.num_classes, size=batch).astype(np.int32)))
+        self._step, self.state, self.compile_s = jax_train_step(loss_fn, params, optax.adam(LR), batch_arrays)
 
     def step(self) -> float:
-        p, o, loss = self.fn(*self.state, self.x, self.y)
-        self.state = (p, o)
-        return float(loss)  # blocks until the step is done
+        self.state, loss = self._step(self.state)
+        return loss
 
 
-# --- measurement -------------------------------------------------------------------------
+# --- measurement (bench/_harness.py) ------------------------------------------------------
 
 
-def timed(runner, steps: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        runner.step()
-    return (time.perf_counter() - t0) / steps
-
-
-def worker(framework: str, name: str, batch: int, steps: int, impl: str) -> int:
+def runner(framework: str, name: str, args):
     cfg = config(name)
     res = SIZES[name][-1]
     if framework == "timm":
         import_timm()
-    t0 = time.perf_counter()
-    runner = JaxRunner(cfg, batch, res, impl) if framework == "jax" else TimmRunner(cfg, batch, res)
-    build_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    runner.step()
-    runner.step()
-    info = {"ready": True, "params": runner.params, "build_s": build_s, "warmup_s": time.perf_counter() - t0,
-            "compile_s": getattr(runner, "compile_s", None)}
-    if framework == "timm":
-        import torch
-
-        info.update(torch_threads=torch.get_num_threads(), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""))
-    print(json.dumps(info), flush=True)
-    for line in sys.stdin:
-        if line.strip() != "go":
-            break
-        print(json.dumps({"step_s": timed(runner, steps)}), flush=True)
-    return 0
-
-
-class Proc:
-    """A worker process driven over its stdin/stdout."""
-
-    def __init__(self, framework: str, name: str, args, policy: str = "default"):
-        import subprocess
-
-        env = dict(os.environ)
-        env.pop("OMP_WAIT_POLICY", None)
-        if policy != "default":
-            env["OMP_WAIT_POLICY"] = policy
-        self.label = framework if framework == "jax" else f"timm[{policy}]"
-        self.p = subprocess.Popen(
-            [sys.executable, __file__, "--worker", framework, "--sizes", name, "--batch", str(args.batch),
-             "--steps", str(args.steps), "--impl", args.impl],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.info = self._read()
-
-    def _read(self) -> dict:
-        line = self.p.stdout.readline()
-        if not line:
-            raise SystemExit(f"{self.label}: the worker died (run it alone with --worker to see why)")
-        return json.loads(line)
-
-    def block(self) -> float:
-        self.p.stdin.write("go\n")
-        self.p.stdin.flush()
-        out = self._read()["step_s"]
-        time.sleep(PAUSE_S)
-        return out
-
-    def close(self) -> None:
-        self.p.stdin.close()
-        self.p.wait(timeout=60)
+        return TimmRunner(cfg, args.batch, res)
+    return JaxRunner(cfg, args.batch, res, args.impl)
 
 
 def bench_size(name: str, args) -> dict:
@@ -202,36 +128,10 @@ def bench_size(name: str, args) -> dict:
 
     res = SIZES[name][-1]
     analytic = count(config(name), res).params
-    load_before = os.getloadavg()[0]
-    peers = {pol: Proc("timm", name, args, pol) for pol in TORCH_POLICIES}
-    pilot = {pol: [] for pol in peers}
-    for _ in range(2):
-        for pol, proc in peers.items():
-            pilot[pol].append(proc.block())
-    best = min(pilot, key=lambda pol: statistics.median(pilot[pol]))
-    for pol, proc in peers.items():
-        if pol != best:
-            proc.close()
-    peer = peers[best]
-    ours = Proc("jax", name, args)
-    if not ours.info["params"] == peer.info["params"] == analytic:
-        raise SystemExit(f"{name}: parameter counts differ: ours {ours.info['params']}, timm "
-                         f"{peer.info['params']}, analytic {analytic}; the configurations do not match")
-    per_step = {"jax": [], "timm": []}
-    for rep in range(args.repeats):
-        order = (("jax", ours), ("timm", peer)) if rep % 2 == 0 else (("timm", peer), ("jax", ours))
-        for label, proc in order:
-            per_step[label].append(proc.block())
-    ours.close()
-    peer.close()
-    med = {k: statistics.median(v) for k, v in per_step.items()}
+    worker_args = ["--sizes", name, "--batch", str(args.batch), "--steps", str(args.steps), "--impl", args.impl]
+    row = duel(__file__, worker_args, args.repeats, args.batch, analytic, name)
     w, d, m, h, p, _ = SIZES[name]
-    return dict(
-        size=name, width=w, depth=d, mlp=m, heads=h, patch=p, resolution=res, batch=args.batch, params=analytic,
-        jax_img_s=args.batch / med["jax"], timm_img_s=args.batch / med["timm"], ratio=med["timm"] / med["jax"],
-        ratio_min=min(per_step["timm"]) / max(per_step["jax"]), ratio_max=max(per_step["timm"]) / min(per_step["jax"]),
-        jax_compile_s=ours.info["compile_s"], torch_policy=best, torch_threads=peer.info.get("torch_threads"),
-        load_before=load_before, load_after=os.getloadavg()[0], per_step=per_step, pilot=pilot)
+    return dict(size=name, width=w, depth=d, mlp=m, heads=h, patch=p, resolution=res, **row)
 
 
 def main(argv=None) -> int:
@@ -245,14 +145,12 @@ def main(argv=None) -> int:
     ap.add_argument("--worker", choices=("jax", "timm"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        return worker(args.worker, args.sizes, args.batch, args.steps, args.impl)
-    import jax
-    import torch
+        return serve(runner, args.worker, args.sizes, args)
 
+    info = machine()
+    print_machine(info)
+    print(f"batch {args.batch}, fp32, Adam; {args.repeats} alternated blocks of {args.steps} steps")
     rows = []
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__}, "
-          f"torch {torch.__version__}; batch {args.batch}, fp32, Adam; {args.repeats} alternated blocks of "
-          f"{args.steps} steps; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print(f"{'size':>16} {'params':>10} {'ours img/s':>11} {'timm img/s':>11} {'ours/timm':>10} "
           f"{'(min..max)':>13} {'compile s':>9} {'torch':>16} {'load':>10}")
     for name in args.sizes.split(","):
@@ -264,7 +162,7 @@ def main(argv=None) -> int:
               f"{r['load_before']:>4.1f}->{r['load_after']:<4.1f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump(dict(machine=info, args=vars(args), rows=rows), f, indent=1)
     return 0
 
 
