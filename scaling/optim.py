@@ -196,3 +196,15 @@ def make_recipe(cfg: OptimConfig = OptimConfig()) -> Recipe:
     """NFNet's recipe: the chain above, warmup + cosine, params - lr * direction."""
     return Recipe(make_optimizer(cfg), learning_rate,
                   lambda params, direction, lr, peak_lr: apply_updates(params, direction, lr))
+
+
+def with_sam(recipe: Recipe, rho: float) -> Recipe:
+    """The recipe with sharpness-aware steps ([S23] fine-tunes with SAM:
+    docs/references.md#fine-tuning), using optax's implementation in opaque mode: each
+    update first ascends by `rho` along the normalised gradient, then hands the gradient
+    taken there to the recipe's own optimizer (AGC, decay, momentum against the real
+    params). Its `update` needs `grad_fn(params, i)` (scaling/train/step.py passes it)."""
+    from optax.contrib import normalize, sam
+
+    ascent = optax.chain(normalize(), optax.sgd(rho))
+    return recipe._replace(optimizer=sam(recipe.optimizer, ascent, sync_period=2, opaque_mode=True))

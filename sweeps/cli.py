@@ -243,6 +243,8 @@ def import_cmd(
 
     rows = read_runs(file, sweep=sweep_name)  # every row checked before the store is opened
     read, added = len(rows), Store(store).insert_results(rows)
+    for note in getattr(rows, "notes", []):  # counts rounded to whole numbers (sweeps/rows.py)
+        typer.echo(f"note: {note}", err=True)
     typer.echo(json.dumps({"read": read, "added": added}) if as_json
                else f"imported {added} new runs ({read - added} already in the store)")
 

@@ -37,7 +37,8 @@ def next_lrs(group: list[dict], policy: LRExtension) -> list[tuple[float, str]]:
     if math.isinf(score(best)):
         return []  # nothing trained: no direction to extend in
     lrs = sorted({r["lr"] for r in group})
-    grid = sorted({r["lr"] for r in group if r.get("reason", "grid") == "grid"}) or lrs
+    # The original grid: every trial not added by extension (a fine-tune group's are "finetune: ...").
+    grid = sorted({r["lr"] for r in group if not r.get("reason", "grid").startswith("lr-extension")}) or lrs
     out = []
     shown = ", ".join(f"{x:g}" for x in lrs)
     if best["lr"] == lrs[-1]:

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ROLES = ("key", "identity", "input", "result", "queue")
+# A run's `stage`: trained from scratch, or fine-tuned from its `parent_trial_id`.
+STAGES = ("pretrain", "finetune")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,10 @@ COLUMNS: tuple[Column, ...] = (
     C("eval_resolution", "int", "identity", "optional"),
     C("dataset", "str", "identity", "optional", length=200),
     C("seed", "int", "identity", "optional"),
+    C("parent_trial_id", "str", "identity", "optional", length=64, index=True,
+      doc="a fine-tune's pre-training trial (its compute: that row's train_flops); empty for pre-training"),
+    C("stage", "str", "input", "optional", length=16, server_default="pretrain",
+      doc="pretrain / finetune (fixed by parent_trial_id)"),
     C("reason", "str", "queue", length=200, nullable=False, server_default="grid",
       doc="grid / lr-extension: ... / imported"),
     C("shape", "str", "queue", export=False, length=500, index=True,

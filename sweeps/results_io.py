@@ -48,9 +48,9 @@ def rows_from_frame(df, *, default_sweep: str) -> list[dict]:
     and turn it into trials rows (BadInput on the first problem)."""
     rows_mod.check_columns(df.columns)
     now = utcnow()
-    rows, seen = [], {}
+    rows, seen, rounded = Rows(), {}, {}
     for i, rec in enumerate(df.to_dict("records"), start=2):  # row 1 is the header
-        out = rows_mod.check_row(rec, i, statuses=rows_mod.IMPORT_STATUSES)
+        out = rows_mod.check_row(rec, i, statuses=rows_mod.IMPORT_STATUSES, rounded=rounded)
         given_id = out.pop("trial_id", None)
         out["status"] = out.get("status", "done")
         out["dataset"] = out.get("dataset")
@@ -70,7 +70,13 @@ def rows_from_frame(df, *, default_sweep: str) -> list[dict]:
                    created_at=now, updated_at=now, _row=i)
         seen[identity] = out
         rows.append(out)
+    rows.notes = rows_mod.rounding_notes(rounded)
     return rows
+
+
+class Rows(list):
+    """The trials rows of a file, with `notes` (counts rounded to whole numbers)."""
+    notes: list[str] = []
 
 
 def _differs(a: dict, b: dict) -> str | None:

@@ -6,7 +6,9 @@ refuses the other refuses too, with the same one-line message.
 A row's columns come from the run record (sweeps/record.py): the "required" ones must be
 present and, for a finished run ("done"), non-empty; a diverged or failed run (and, in
 an analysis, a pending or running one) may leave its results empty. Numbers must be
-finite, > 0 (>= 0 where ZERO_ALLOWED), whole where the column is an integer; FLOPs are
+finite, > 0 (>= 0 where ZERO_ALLOWED); a count column (integer) given with a fraction
+(digitised data: Epoch AI's Chinchilla CSV has params 6795600349.29) is rounded to the
+nearest whole number and reported once per column (`rounding_notes`); FLOPs are
 real training FLOPs (2 per MAC, forward + backward), so `train_flops < 2 x params x
 examples_seen` is a unit mistake; hardware must be a scaling.units profile.
 Pure Python (no SQLAlchemy, no jax): the analysis imports it.
@@ -51,10 +53,11 @@ def check_columns(cols) -> None:
         raise BadInput(f"{missing[0]}: required column missing (need {', '.join(REQUIRED)}); add it")
 
 
-def check_row(rec: dict, row: int, *, statuses=IMPORT_STATUSES) -> dict:
+def check_row(rec: dict, row: int, *, statuses=IMPORT_STATUSES, rounded: dict | None = None) -> dict:
     """One row (`row`: its line in the file, the header being 1) parsed by its columns'
     declared types and checked; returns {column: value} for the non-empty run-record
-    columns it has (plus `trial_id` if given). BadInput names the column and the row."""
+    columns it has (plus `trial_id` if given). BadInput names the column and the row.
+    `rounded` collects {column: [(row, value), ...]} for counts rounded to whole numbers."""
     r = {k: rec.get(k) for k in REQUIRED + OPTIONAL + ("trial_id",) if present(rec.get(k))}
     status = str(r.get("status", "done")).strip().lower()
     if status not in statuses:
@@ -64,7 +67,7 @@ def check_row(rec: dict, row: int, *, statuses=IMPORT_STATUSES) -> dict:
         if c not in r and (status == "done" or c not in RESULTS):
             raise BadInput(f"{c}: row {row} is empty; every run needs {', '.join(REQUIRED)}"
                            + (" (a diverged or failed one may leave its results empty)" if c in RESULTS else ""))
-    out = {c: _value(c, r[c], row) for c in REQUIRED + OPTIONAL if c in r}
+    out = {c: _value(c, r[c], row, rounded) for c in REQUIRED + OPTIONAL if c in r}
     if "status" in r:
         out["status"] = status
     _check_across(out, row)
@@ -73,7 +76,7 @@ def check_row(rec: dict, row: int, *, statuses=IMPORT_STATUSES) -> dict:
     return out
 
 
-def _num(value, col: str, row: int, *, integer=False, allow_zero=False) -> float | int:
+def _num(value, col: str, row: int, *, integer=False, allow_zero=False, rounded=None) -> float | int:
     if isinstance(value, bool):
         raise BadInput(f"{col}: row {row} has {value!r}, not a number; fix the file")
     try:
@@ -85,15 +88,19 @@ def _num(value, col: str, row: int, *, integer=False, allow_zero=False) -> float
     if x < 0 or (x == 0 and not allow_zero):
         raise BadInput(f"{col}: row {row} is {x:g}; it must be {'>= 0' if allow_zero else '> 0'}")
     if integer:
-        if x != int(x):
-            raise BadInput(f"{col}: row {row} is {x:g}; it must be a whole number")
         if x >= 2**63:
             raise BadInput(f"{col}: row {row} is {x:g}; it must be below 2**63")
-        return int(x)
+        whole = int(round(x))
+        if whole != x:
+            if whole == 0 and not allow_zero:
+                raise BadInput(f"{col}: row {row} is {x:g}; it rounds to 0 and must be > 0")
+            if rounded is not None:
+                rounded.setdefault(col, []).append((row, x))
+        return whole
     return x
 
 
-def _value(col: str, value, row: int):
+def _value(col: str, value, row: int, rounded=None):
     """One cell parsed by its column's declared type, with the column's range rules."""
     kind = record.BY_NAME[col].type
     if kind in ("str", "text"):
@@ -102,7 +109,14 @@ def _value(col: str, value, row: int):
         if limit and len(text) > limit:
             raise BadInput(f"{col}: row {row} has {len(text)} characters; the store keeps at most {limit}")
         return text
-    return _num(value, col, row, integer=kind in ("int", "bigint"), allow_zero=col in ZERO_ALLOWED)
+    return _num(value, col, row, integer=kind in ("int", "bigint"), allow_zero=col in ZERO_ALLOWED, rounded=rounded)
+
+
+def rounding_notes(rounded: dict) -> list[str]:
+    """One note per column whose counts were rounded (check_row's `rounded`)."""
+    return [f"{col}: {len(hits)} value(s) not whole numbers rounded to the nearest integer "
+            f"(e.g. row {hits[0][0]}: {hits[0][1]!r} -> {int(round(hits[0][1]))})"
+            for col, hits in rounded.items()]
 
 
 def _check_across(out: dict, i: int) -> None:
@@ -121,15 +135,24 @@ def _check_across(out: dict, i: int) -> None:
                            "GFLOPs/MACs")
     if out.get("heldout_accuracy", 0) > 1:
         raise BadInput(f"heldout_accuracy: row {i} is {out['heldout_accuracy']:g}; give a fraction in [0, 1]")
+    stage = out.get("stage", "finetune" if "parent_trial_id" in out else "pretrain")
+    if stage not in record.STAGES or (stage == "finetune") != ("parent_trial_id" in out):
+        raise BadInput(f"stage: row {i} is {stage!r} with{'' if 'parent_trial_id' in out else 'out'} a "
+                       "parent_trial_id; a pretrain run has none, a finetune run names its parent")
+    if "stage" in out or "parent_trial_id" in out:
+        out["stage"] = stage
     if "hardware" in out and out["hardware"] not in HARDWARE:
         raise BadInput(f"hardware: row {i} is {out['hardware']!r}; use one of {', '.join(sorted(HARDWARE))}")
 
 
-def check_frame(df, *, statuses=ANALYSIS_STATUSES) -> None:
-    """Every row of a DataFrame of runs (BadInput on the first bad one)."""
+def check_frame(df, *, statuses=ANALYSIS_STATUSES) -> list[str]:
+    """Every row of a DataFrame of runs (BadInput on the first bad one); returns the
+    rounding notes (counts given with a fraction are read as the nearest whole number)."""
     check_columns(df.columns)
+    rounded: dict = {}
     for i, rec in enumerate(df.to_dict("records"), start=2):  # row 1 is the header
-        check_row(rec, i, statuses=statuses)
+        check_row(rec, i, statuses=statuses, rounded=rounded)
+    return rounding_notes(rounded)
 
 
 def read_csv_runs(path: Path, *, field: str):

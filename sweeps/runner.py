@@ -24,7 +24,6 @@ from pathlib import Path
 from scaling.errors import BadInput, RuntimeFailure
 from scaling.train.config import identity_of
 from scaling.train.workdir import ensure_dir
-from sweeps.lr_extension import extend_sweep
 from sweeps.options import WorkerOptions
 from sweeps.spec import SweepSpec, expand, load_spec
 from sweeps.store import Store
@@ -54,7 +53,7 @@ class RunSummary:
 RECORD_FIXED = {"mode": "grid", "dataset": "dataset", "num_classes": "num_classes",
                 "train_examples": "train_examples", "batch_size": "batch_size", "resolution": "resolution",
                 "eval_resolution": "eval_resolution", "recipe": "recipe", "budget_unit": "isoflop.unit",
-                "lrs": "lr", "lr_extension": "lr_extension"}
+                "lrs": "lr", "lr_extension": "lr_extension", "finetune": "finetune"}
 RECORD_GROWS = {"models": "models", "epochs": "grid.epochs", "budgets": "isoflop.budgets", "seeds": "seeds"}
 
 
@@ -67,7 +66,8 @@ def spec_record(spec: SweepSpec, trials: list | None = None) -> dict:
               "resolution": spec.resolution, "eval_resolution": spec.eval_resolution,
               "recipe": identity_of(spec.recipe), "budget_unit": spec.budget_unit if spec.budgets else None,
               "models": sorted({t.config["model"] for t in trials}), "epochs": list(spec.epochs),
-              "budgets": list(spec.budgets), "seeds": list(spec.seeds)}
+              "budgets": list(spec.budgets), "seeds": list(spec.seeds),
+              "finetune": spec.finetune.to_json() if spec.finetune else None}
     return json.loads(json.dumps(record))  # as it reads back from the store
 
 
@@ -131,9 +131,18 @@ def enqueue_spec(spec: SweepSpec, store: Store, trials: list | None = None) -> i
     record = spec_record(spec, trials)
     check_same_sweep(spec.name, store.sweep_spec(spec.name), record)  # the record's own words first
     check_cells(spec, store, trials)
+    if spec.finetune is not None:  # parents that exist, have finished and fit: before any write
+        from sweeps.finetune import check_compatible, stored_parent
+
+        ft = spec.finetune
+        parents = [stored_parent(store, p)["config"] for p in ft.parents] if isinstance(ft.parents, tuple) \
+            else [t.config for t in trials]
+        check_compatible(parents, ft)
     store.record_sweep(spec.name, record, check=lambda stored: check_same_sweep(spec.name, stored, record))
     added = store.enqueue(trials)
-    return added + extend_sweep(store, spec.name)
+    from sweeps.finetune import grow
+
+    return added + grow(store, spec.name)
 
 
 def worker_command(store_url: str, *, sweep: str | None, options: WorkerOptions, trainer: str | None,

@@ -17,7 +17,8 @@ from sweeps import record
 # "what it trains" columns nullable (imported runs may not know epochs, batch, ...).
 # 3: trials.identity and trials.id_version (trial ids hash the identity only; stored
 # version-1 ids stay and are matched by identity).
-SCHEMA_VERSION = 3
+# 4: trials.stage and trials.parent_trial_id (fine-tune trials); old rows are "pretrain".
+SCHEMA_VERSION = 4
 
 metadata = sa.MetaData()
 

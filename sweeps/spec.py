@@ -17,14 +17,14 @@ from typing import Any
 
 from scaling.errors import BadInput, closest
 from scaling.models import registry  # pure: names, families, counts and recipes of every model family
-from scaling.train.config import GRID_OWNED, TrainConfig, shape_of
+from scaling.train.config import GRID_OWNED, OPERATIONAL_FIELDS, TrainConfig, shape_of
 from sweeps.ids import canonical_json, trial_id  # noqa: F401  (re-exported: the spec's ids)
 
 # Keys each table accepts; anything else is an error with a "did you mean".
 TOP_KEYS = {
     "name", "description", "dataset", "num_classes", "train_examples", "heldout_examples",
     "batch_size", "resolution", "eval_resolution", "seeds", "report_unit",
-    "recipe", "grid", "isoflop", "lr_extension",
+    "recipe", "grid", "isoflop", "lr_extension", "finetune",
 }
 # A [grid] / [isoflop] table, or each table of a [[grid]] / [[isoflop]] array (one group of
 # models with its own budgets, LR grid and recipe; e.g. one per architecture family). The
@@ -34,6 +34,10 @@ GRID_KEYS = {"models", "depth_mults", "width_mults", "epochs", "lr", "recipe"} |
 ISOFLOP_KEYS = {"budgets", "unit", "models", "depth_mults", "width_mults", "lr", "recipe"} | registry.grid_keys()
 LR_KEYS = {"centre", "center", "steps", "values"}
 EXTENSION_KEYS = {"enabled", "max_steps", "min_lr", "max_lr"}
+# [finetune]: the downstream task and recipe of the fine-tune trials, and their parents.
+FINETUNE_KEYS = {"dataset", "fallback_dataset", "resolution", "eval_resolution", "batch_size", "epochs", "lr",
+                 "optimizer", "augment", "sam_rho", "trainable", "reset_classifier", "parents"}
+PARENT_RULES = ("best", "all")  # the best-LR run of every (model, epochs, seed) cell, or every run
 BUNDLED_DIR = Path(__file__).parent / "specs"
 MAX_NAME = 100  # a sweep's name: its trials/<name>/ folder and the store's column (200)
 MAX_DATASET = 200  # the store's `dataset` column
@@ -62,6 +66,38 @@ class LRExtension:
     def from_json(cls, d: dict) -> "LRExtension":
         return cls(d["enabled"], d["max_steps"], d["min_lr"],
                    math.inf if d.get("max_lr") is None else d["max_lr"])
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    """A spec's [finetune] table: each parent pre-training run is fine-tuned on `dataset`
+    at every (epochs, lr) here, with `recipe` (optimizer, augment, sam_rho, trainable).
+    `parents`: "best" (the best-LR finished run of every cell, once its LR search has
+    settled), "all" (every finished run), or a tuple of stored trial ids."""
+
+    dataset: str
+    num_classes: int
+    channels: int
+    resolution: int
+    eval_resolution: int
+    batch_size: int
+    epochs: tuple[float, ...]
+    lrs: tuple[float, ...]
+    recipe: dict = field(default_factory=dict)
+    parents: str | tuple[str, ...] = "best"
+
+    def to_json(self) -> dict:
+        return {"dataset": self.dataset, "num_classes": self.num_classes, "channels": self.channels,
+                "resolution": self.resolution, "eval_resolution": self.eval_resolution,
+                "batch_size": self.batch_size, "epochs": list(self.epochs), "lrs": list(self.lrs),
+                "recipe": self.recipe, "parents": self.parents if isinstance(self.parents, str)
+                else list(self.parents)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "FinetuneSpec":
+        parents = d["parents"] if isinstance(d["parents"], str) else tuple(d["parents"])
+        return cls(d["dataset"], d["num_classes"], d["channels"], d["resolution"], d["eval_resolution"],
+                   d["batch_size"], tuple(d["epochs"]), tuple(d["lrs"]), dict(d["recipe"]), parents)
 
 
 @dataclass(frozen=True)
@@ -141,6 +177,7 @@ class SweepSpec:
     # Input channels of the data (1 for grayscale sources such as Fashion-MNIST): the
     # spec's parameter and FLOP counts are those of the network the trainer builds.
     channels: int = 3
+    finetune: FinetuneSpec | None = None  # the [finetune] table, if any
 
     @property
     def mode(self) -> str:
@@ -390,7 +427,8 @@ def parse_spec(data: dict, *, default_name: str = "sweep", require_data: bool = 
     ext = _lr_extension(ext_raw)
     report_unit = data.get("report_unit", "tpu-v4-core-hours")
     _check_unit(report_unit, "report_unit", allow_epochs=False)
-    common = dict(dataset_checked=facts is not None,
+    finetune = _finetune(data["finetune"], batch_size, require_data) if "finetune" in data else None
+    common = dict(dataset_checked=facts is not None, finetune=finetune,
                   name=name, dataset=dataset, num_classes=num_classes, batch_size=batch_size,
                   resolution=resolution, eval_resolution=eval_resolution, seeds=tuple(seeds_raw),
                   train_examples=train_examples, heldout_examples=heldout_examples, recipe=recipe,
@@ -451,6 +489,100 @@ def _parse_group(table: Any, mode: str, where: str, recipe: dict, train_examples
     return SweepGroup(models=_model_refs(table, where),
                       budgets=tuple(sorted(_positive_list(table["budgets"], f"{where}budgets"))),
                       budget_unit=unit, lrs=_lr_grid(table["lr"], f"{where}lr"), recipe=merged, where=where)
+
+
+def _finetune(raw: Any, batch_size: int, require_data: bool) -> FinetuneSpec:
+    """[finetune]: every key typed and ranged; the downstream data opened like the spec's own."""
+    if not isinstance(raw, dict):
+        raise BadInput("finetune: must be a table; write [finetune] with dataset, epochs and lr under it")
+    _check_keys(raw, FINETUNE_KEYS, "finetune.")
+    for key in ("dataset", "epochs", "lr"):
+        if key not in raw:
+            raise BadInput(f"finetune.{key}: missing; [finetune] needs dataset, epochs and lr")
+    for key in ("dataset", "fallback_dataset"):
+        v = raw.get(key, "x")
+        if not isinstance(v, str) or not v or len(v) > MAX_DATASET:
+            raise BadInput(f"finetune.{key}: must be a dataset spec string of 1 to {MAX_DATASET} characters; "
+                           "e.g. dataset = \"fashion-mnist\"")
+    dataset = raw["dataset"]
+    if "fallback_dataset" in raw and not _present(dataset):
+        dataset = raw["fallback_dataset"]  # e.g. Fashion-MNIST not fetched on this machine
+    try:
+        facts = dataset_facts(dataset, require=True)
+    except BadInput as err:
+        raise BadInput(f"finetune.{err}") from None
+    resolution = raw.get("resolution", facts.native_resolution)
+    if resolution is None:
+        raise BadInput(f"finetune.resolution: missing, and dataset {dataset!r} does not say it; add it")
+    resolution = _positive_int(resolution, "finetune.resolution")
+    eval_resolution = _positive_int(raw.get("eval_resolution", resolution), "finetune.eval_resolution")
+    parents = raw.get("parents", "best")
+    if isinstance(parents, list):
+        if not parents or not all(isinstance(x, str) and x.strip() for x in parents):
+            raise BadInput("finetune.parents: a list must hold trial ids (strings); or use \"best\" or \"all\"")
+        if len(set(parents)) != len(parents):
+            raise BadInput("finetune.parents: duplicate trial id; list each parent once")
+        parents = tuple(x.strip().lower() for x in parents)
+    elif parents not in PARENT_RULES:
+        raise BadInput(f"finetune.parents: {parents!r} is not one of {', '.join(PARENT_RULES)} or a list of "
+                       f"trial ids; {closest(str(parents), PARENT_RULES)}e.g. parents = \"best\"")
+    recipe = {k: raw[k] for k in ("optimizer", "augment", "sam_rho", "trainable", "reset_classifier") if k in raw}
+    ft = FinetuneSpec(dataset=dataset, num_classes=facts.num_classes, channels=facts.channels,
+                      resolution=resolution, eval_resolution=eval_resolution,
+                      batch_size=_positive_int(raw.get("batch_size", batch_size), "finetune.batch_size"),
+                      epochs=tuple(sorted(_positive_list(raw["epochs"], "finetune.epochs"))),
+                      lrs=_lr_grid(raw["lr"], "finetune.lr"), recipe=recipe, parents=parents)
+    # The fine-tune fields through TrainConfig's own checks (a model stands in for the parent's).
+    probe = dict(recipe, model="F0", dataset=dataset, resolution=resolution, eval_resolution=eval_resolution,
+                 batch_size=ft.batch_size, epochs=ft.epochs[0], lr=ft.lrs[0], parent_trial_id="probe")
+    try:
+        TrainConfig.from_dict(probe).validate()
+    except BadInput as err:
+        raise BadInput(f"finetune.{err}") from None
+    return ft
+
+
+def _present(dataset: str) -> bool:
+    """Are the dataset's files on this machine? (Fashion-MNIST: fetched or installed;
+    path kinds: the path exists.) Whether they are intact is checked when it is opened."""
+    import glob
+
+    kind, _, rest = dataset.partition(":")
+    kind = kind.strip().lower()
+    if kind in ("fashion-mnist", "fashion_mnist"):
+        from scaling.data import fashion
+
+        options = dict(o.split("=", 1) for o in rest.split(",") if "=" in o)
+        try:
+            fashion.locate(options.get("dir"))
+        except BadInput:
+            return False
+        return True
+    if kind in _PATH_KINDS:
+        return bool(rest) and bool(glob.glob(rest))
+    return True
+
+
+def finetune_config(ft: FinetuneSpec, parent_config: dict, parent_id: str, *, epochs: float, lr: float) -> dict:
+    """A fine-tune trial's config: the parent's model, seed and operational fields; the
+    [finetune] table's data, resolution, batch, budget, LR and recipe; the parent's id."""
+    keep = {"model", "depth_mult", "width_mult", "seed", "compute_dtype", "hardware", "utilization"}
+    cfg = {k: v for k, v in parent_config.items()
+           if k in keep or k in OPERATIONAL_FIELDS and k not in ("workdir", "parent_workdir")}
+    cfg.update(ft.recipe)
+    cfg.update(dataset=ft.dataset, resolution=ft.resolution, eval_resolution=ft.eval_resolution,
+               batch_size=ft.batch_size, epochs=epochs, lr=lr, parent_trial_id=parent_id)
+    return cfg
+
+
+def finetune_trials(spec_name: str, ft: FinetuneSpec, parent_id: str, parent_config: dict,
+                    reason: str) -> list[Trial]:
+    """Every (epochs, lr) of [finetune] for one parent."""
+    info = describe_model(ModelRef(name=parent_config["model"]), num_classes=ft.num_classes,
+                          resolution=ft.resolution, channels=ft.channels)
+    return [Trial(spec_name, finetune_config(ft, parent_config, parent_id, epochs=e, lr=lr), reason, info.params,
+                  info.flops_per_example, info.depth_mult, info.width_mult, info.family)
+            for e in ft.epochs for lr in ft.lrs]
 
 
 def _check_unit(unit: Any, key: str, *, allow_epochs: bool = False) -> None:

@@ -123,7 +123,14 @@ def _migrate_2_to_3(conn: sa.Connection) -> None:
             identity=ids.identity_of_row(dict(row)), id_version=1))
 
 
-MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}  # from version k to k+1
+def _migrate_3_to_4(conn: sa.Connection) -> None:
+    """Version 4: `stage` and `parent_trial_id`; every stored row is a pre-training run
+    (the column's default fills them; set again here for a backend that would not)."""
+    _add_declared_columns(conn)
+    conn.execute(trials.update().where(trials.c.stage.is_(None)).values(stage="pretrain"))
+
+
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}  # from version k to k+1
 
 
 # ---------------------------------------------------------------- the store
@@ -189,6 +196,16 @@ class Store:
             tid = claim_or_id
         return self.results_dir / "trials" / _safe_name(sweep or "_") / tid[:16]
 
+    def parent_workdir(self, trial_id: str) -> Path:
+        """The workdir of a stored trial, by its id alone (a fine-tune's parent may be in
+        another sweep); BadInput if the store has no such trial."""
+        with self._begin() as conn:
+            sweep = conn.execute(sa.select(trials.c.sweep).where(trials.c.trial_id == trial_id)).scalar_one_or_none()
+        if sweep is None:
+            raise BadInput(f"parent_trial_id: no trial {trial_id[:12]} in {describe(self.url)}; "
+                           "the fine-tune's parent is gone from the store")
+        return self.trial_workdir(trial_id, sweep)
+
     # -- sweeps and enqueue
 
     def record_sweep(self, name: str, spec_json: dict, *, check=None) -> None:
@@ -246,7 +263,9 @@ class Store:
                 flops_per_example=t.flops_per_example, epochs=float(c["epochs"]), lr=float(c["lr"]),
                 batch_size=int(c["batch_size"]), resolution=int(c["resolution"]),
                 eval_resolution=int(c.get("eval_resolution", c["resolution"])), dataset=c["dataset"],
-                seed=int(c.get("seed", 0)), reason=t.reason[:200], status="pending", attempts=0,
+                seed=int(c.get("seed", 0)), parent_trial_id=c.get("parent_trial_id"),
+                stage="pretrain" if c.get("parent_trial_id") is None else "finetune",
+                reason=t.reason[:200], status="pending", attempts=0,
                 created_at=now, updated_at=now)
         if not rows:
             return 0
@@ -412,7 +431,7 @@ class Store:
             rows = conn.execute(query.order_by(trials.c.trial_id).with_for_update()).all()
             if dry_run or not rows:
                 return [r.trial_id for r in rows]
-            cleared = {k: None for k in RESULT_FIELDS if k not in ("params", "flops_per_example")}
+            cleared = {k: None for k in RESULT_FIELDS if k not in ("params", "flops_per_example", "stage")}
             requeue = dict(status="pending", attempts=0, worker=None, heartbeat_at=None, lease_expires_at=None,
                            updated_at=now, **cleared)
             ids = [r.trial_id for r in rows]

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 from scaling.errors import BadInput, RuntimeFailure
-from sweeps.lr_extension import extend_sweep
+from sweeps.finetune import grow
 from sweeps.options import WorkerOptions  # re-exported: it lives in a module light enough for the CLI
 from sweeps.store import Claim, Store
 
@@ -282,7 +282,7 @@ class Worker:
 
     def _extend_all(self) -> int:
         names = self.options.sweeps or self.store.sweep_names()
-        return sum(extend_sweep(self.store, s) for s in names)
+        return sum(grow(self.store, s) for s in names)
 
     def run_trial(self, claim: Claim) -> str | None:
         """Train one claimed trial; returns the status written, or None if the lease was lost.
@@ -290,6 +290,11 @@ class Worker:
         Raises KeyboardInterrupt/SystemExit after handing the trial back when stopped."""
         workdir = self.store.trial_workdir(claim)
         workdir.mkdir(parents=True, exist_ok=True)
+        pid = claim.config.get("parent_trial_id")
+        if pid is not None and claim.config.get("parent_workdir") is None:
+            # A fine-tune: where its parent's files are is this store's business (operational).
+            claim = dataclasses.replace(claim, config=dict(claim.config,
+                                                           parent_workdir=str(self.store.parent_workdir(pid))))
         log.info("%s: trial %s attempt %d (%s)", self.name, claim.trial_id[:12], claim.attempt,
                  json.dumps(claim.config, sort_keys=True))
         lease = _Lease(self.store, claim, self.options.lease_seconds)
@@ -351,7 +356,7 @@ class Worker:
             log.warning("%s: trial %s finished but its lease was lost; result not recorded",
                         self.name, claim.trial_id[:12])
             return None
-        extend_sweep(self.store, claim.sweep)
+        grow(self.store, claim.sweep)  # LR extensions, and fine-tunes of settled cells
         return status
 
     def _hand_back(self, claim: Claim, lease: _Lease) -> None:

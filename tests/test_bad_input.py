@@ -221,6 +221,14 @@ BAD_SPECS = [
     ([("report_unit = \"cpu-core-hours\"", "report_unit = \"furlongs\"")], "report_unit"),
     ([("report_unit = \"cpu-core-hours\"", "report_unit = \"epochs\"")], "report_unit"),
     ([("name = \"smoke\"", "name = \"" + "n" * 101 + "\"")], "name"),
+    # [finetune]: the downstream table, typed like the rest (parents in the store: tests/test_finetune_sweep.py)
+    ([("\nmax_steps = 1", "\nmax_steps = 1\n[finetune]\nepochs = [1.0]\nlr = [0.1]")], "finetune.dataset"),
+    ([("\nmax_steps = 1", f"\nmax_steps = 1\n[finetune]\ndataset = \"{SMOKE_DATA}\"\nepochs = [1.0]\nlr = [0.1]\n"
+                          "parents = \"bset\"")], "finetune.parents"),
+    ([("\nmax_steps = 1", f"\nmax_steps = 1\n[finetune]\ndataset = \"{SMOKE_DATA}\"\nepochs = [1.0]\nlr = [0.1]\n"
+                          "trainable = \"top\"")], "finetune.trainable"),
+    ([("\nmax_steps = 1", f"\nmax_steps = 1\n[finetune]\ndataset = \"{SMOKE_DATA}\"\nepochs = [1.0]\nlr = [0.1]\n"
+                          "sam_rho = -1.0")], "finetune.sam_rho"),
 ]
 SPEC_COMMANDS = {"plan": ["sweep", "plan"], "dry-run": ["sweep", "run", "--dry-run"],
                  "run": ["sweep", "run", "--workers", "0", "--store", "sqlite:///runs.db"]}
@@ -618,7 +626,7 @@ def test_an_unreadable_spec_is_refused(scratch, capsys, command, data, field):
 # and `plan --csv` refuse too, naming the same column.
 BAD_ROWS = [
     ({"params": -5}, "params"),
-    ({"params": 1.5}, "params"),
+    ({"params": 0.4}, "params"),  # rounds to 0 (a fraction that rounds to >= 1 is kept, with a note)
     ({"train_flops": 10}, "train_flops"),
     ({"train_flops": float("inf")}, "train_flops"),
     ({"lr": 0}, "lr"),

@@ -45,7 +45,7 @@ def test_import_then_export_round_trip(store_url, tmp_path, fmt):
     ({"train_gflops": 5.7e4}, r"^train_gflops: the store keeps train_flops \(real FLOPs, not GFLOPs\)"),
     ({"train_flops": 5.7e4}, r"^train_flops: row 2 is 5\.7e\+04, below 2 x params x examples_seen"),
     ({"lr": -0.1}, r"^lr: row 2 is -0\.1; it must be > 0"),
-    ({"params": 1.5}, r"^params: row 2 is 1\.5; it must be a whole number"),
+    ({"params": 0.4}, r"^params: row 2 is 0\.4; it rounds to 0 and must be > 0"),
     ({"heldout_loss": "abc"}, r"^heldout_loss: row 2 has 'abc', not a number"),
     ({"hardware": "tpu-v9"}, r"^hardware: row 2 is 'tpu-v9'; use one of"),
     ({"status": "running"}, r"^status: row 2 is 'running'; imported runs are done, diverged or failed"),
@@ -64,6 +64,25 @@ def test_bad_import_is_refused_and_nothing_is_written(tmp_path, bad, message):
     with pytest.raises(BadInput, match=message.replace("row 2", "row 3")):
         import_file(store, path)
     assert store.rows() == []
+
+
+def test_fractional_counts_are_rounded_with_one_note_per_column(tmp_path):
+    """Digitised data (Epoch AI's Chinchilla CSV: params 6795600349.29) is imported with
+    its counts rounded, and the rounding is said once per column, not once per row."""
+    rows = [dict(GOOD, params=6795600349.29, train_flops=6 * 6.8e9 * 1_000_000 * 2),
+            dict(GOOD, params=6795600350.6, lr=0.8, train_flops=6 * 6.8e9 * 1_000_000 * 2),
+            dict(GOOD, lr=0.2)]
+    path = write(tmp_path, rows)
+    from sweeps.results_io import read_runs
+
+    read = read_runs(path)
+    assert [r["params"] for r in read] == [6795600349, 6795600351, 71_500_000]
+    assert len(read.notes) == 1 and read.notes[0].startswith("params: 2 value(s) not whole numbers rounded")
+    assert "row 2: 6795600349.29 -> 6795600349" in read.notes[0]
+    store = Store(f"sqlite:///{tmp_path / 'runs.db'}")
+    assert import_file(store, path) == (3, 3)
+    assert sorted(r["params"] for r in store.rows()) == [71_500_000, 6795600349, 6795600351]
+    store.dispose()
 
 
 def test_next_lrs_rule():

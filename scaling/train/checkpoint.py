@@ -154,3 +154,50 @@ class RunCheckpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def restore_params(directory: Path, *, step: int, identity: str, state_like: dict, name: str) -> Any:
+    """The parameters (host numpy) of ANOTHER run's checkpoint at `step` (a fine-tune's
+    parent), read-only: its meta must carry `identity` (the parent's own identity hash)
+    and its arrays must match their fingerprint. Unlike `restore_latest` nothing is set
+    aside or fallen back on: a missing, foreign or damaged checkpoint is BadInput naming
+    the parent `name`. `state_like` gives the parent's state structure (shapes, dtypes,
+    shardings; jax.ShapeDtypeStruct leaves will do)."""
+    from scaling.errors import BadInput
+
+    directory = Path(directory).absolute()
+    if not directory.is_dir():
+        raise BadInput(f"parent_trial_id: parent {name} has no checkpoints in {directory}; re-run the parent")
+    import logging
+
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # orbax announces read-only mode twice per open
+    try:
+        manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+            read_only=True, create=False, save_interval_steps=0))
+    finally:
+        absl.setLevel(level)
+    try:
+        if step not in manager.all_steps():
+            raise BadInput(f"parent_trial_id: parent {name} has no checkpoint of its final step {step} in "
+                           f"{directory}; re-run the parent")
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(state_like), meta=ocp.args.JsonRestore()))
+        except Exception as err:  # noqa: BLE001 - any failure: unusable parent
+            reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            raise BadInput(f"parent_trial_id: the final checkpoint of parent {name} in {directory} cannot be "
+                           f"read as that run's state ({reason}); re-run the parent") from None
+    finally:
+        manager.close()
+    state, meta = dict(restored["state"]), dict(restored["meta"])
+    if meta.get("identity") != identity:
+        raise BadInput(f"parent_trial_id: the checkpoint in {directory} belongs to another run than the config "
+                       f"beside it (identity {str(meta.get('identity'))[:12]}, config {identity[:12]}); "
+                       "point parent_workdir at the parent's own run directory")
+    if meta.get("fingerprint") != fingerprint(state):
+        raise BadInput(f"parent_trial_id: the final checkpoint of parent {name} in {directory} is damaged "
+                       "(its arrays do not match their fingerprint); re-run the parent")
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x),
+                        state["params"])

@@ -34,6 +34,13 @@ MAX_SEED = 2**31 - 1
 MAX_BATCH_SIZE = 2**20
 MAX_EVAL_POINTS = 10_000
 MAX_DATA_WORKERS = 256
+# What a fine-tune may train: everything, or the new classifier alone (a linear probe;
+# the optional "top layers only" of the half-resolution recipe, docs/training.md#fine-tuning).
+TRAINABLE = ("all", "classifier")
+# SAM's radius ([S23] fine-tunes with SAM: docs/references.md#fine-tuning). Our bound, not
+# a published one: a radius of 1 moves the weights by a unit-norm step, beyond which it is a typo.
+MAX_SAM_RHO = 1.0
+MAX_PARENT_ID = 64  # the store's trial id column
 
 # A field's role, declared once on the field (metadata) and read by everything else:
 #   identity     what the run computes: hashed into the trial id, must match on resume;
@@ -86,6 +93,13 @@ class TrainConfig:
     compute_dtype: "float32" (default) or "bfloat16": the dtype of activations in training
                  AND evaluation; params, optimizer state, gradients and the loss stay float32
                  (docs/training.md, "Precision"). Slower on CPU; for GPU/TPU runs.
+    parent_trial_id / parent_workdir: a fine-tune run: start from the final parameters of
+                 the finished run in `parent_workdir` (its id names it; the location is
+                 operational), with a fresh classifier for this dataset's classes.
+    trainable:   "all", or "classifier" (every other parameter frozen; fine-tune runs only).
+    reset_classifier: a fine-tune's classifier is fresh (True) or the parent's (False: the
+                 same classes, e.g. [M21]'s full-resolution fine-tune of a low-resolution run).
+    sam_rho:     > 0: sharpness-aware steps of that radius (optax.contrib.sam) [S23].
     augment:     fields of scaling.data.augment.AugmentConfig for the TRAINING stream
                  (e.g. {"crop_pad": 4, "flip": True, "pad_mode": "zero"}); {} = pad-and-crop
                  by R/8 + flip. Held-out batches are never augmented.
@@ -118,6 +132,13 @@ class TrainConfig:
     data_workers: int = _f(0, OPERATIONAL)
     compute_dtype: str = _f("float32", IDENTITY, shape=True)
     augment: dict = _f(dict, IDENTITY)
+    # Fine-tuning (scaling/train/finetune.py). Every default is the pre-training value,
+    # so a run that does not fine-tune keeps its trial id and shape key.
+    parent_trial_id: str | None = _f(None, IDENTITY)  # the pre-training run it starts from
+    parent_workdir: str | None = _f(None, OPERATIONAL)  # where that run's files are now
+    trainable: str = _f("all", IDENTITY, shape=True)  # "all" | "classifier" (the rest frozen)
+    sam_rho: float = _f(0.0, IDENTITY, shape=True)  # SAM's ascent radius; 0 = plain steps
+    reset_classifier: bool = _f(True, IDENTITY)  # False: keep the parent's (same task, e.g. [M21])
 
     # ---- validation -------------------------------------------------------------
     def validate(self) -> "TrainConfig":
@@ -168,6 +189,21 @@ class TrainConfig:
         # typed against the recipe of the model's family (NFNet: OptimConfig; ViT: ViTRecipe):
         # unknown keys, types, ranges
         registry.recipe_config(self.model, self.optimizer)
+        if self.trainable not in TRAINABLE:
+            raise BadInput(f"trainable: {self.trainable!r} is not one of {', '.join(TRAINABLE)}; "
+                           f"{closest(self.trainable, TRAINABLE)}e.g. trainable = \"classifier\"")
+        if self.trainable != "all" and self.parent_trial_id is None:
+            raise BadInput("trainable: only a fine-tune run (parent_trial_id) may freeze layers; "
+                           "use trainable = \"all\" or name a parent")
+        if not (_finite(self.sam_rho) and 0 <= self.sam_rho <= MAX_SAM_RHO):
+            raise BadInput(f"sam_rho: must be a number in [0, {MAX_SAM_RHO:g}] (0: no SAM), got {self.sam_rho!r}")
+        if self.parent_trial_id is not None and not (0 < len(self.parent_trial_id) <= MAX_PARENT_ID):
+            raise BadInput(f"parent_trial_id: must be 1 to {MAX_PARENT_ID} characters, got "
+                           f"{len(self.parent_trial_id)}; give the parent's trial id")
+        if not self.reset_classifier and self.parent_trial_id is None:
+            raise BadInput("reset_classifier: only a fine-tune run (parent_trial_id) keeps a parent's classifier")
+        if self.parent_workdir is not None and self.parent_trial_id is None:
+            raise BadInput("parent_workdir: given without parent_trial_id; name the parent run too")
         from scaling.data.augment import AugmentConfig
 
         AugmentConfig.from_dict(self.augment)  # typed: unknown keys, types, ranges

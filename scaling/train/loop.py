@@ -78,6 +78,8 @@ class TrainResult:
     achieved_utilization: float      # model FLOP/s over the hardware's peak
     fingerprint: str                 # SHA-256 of the final params + optimizer state + step
     family: str = "nfnet"            # architecture family (scaling/models/registry.py); the store's column
+    stage: str = "pretrain"          # "finetune" for a run started from a parent's parameters
+    parent_trial_id: str | None = None  # that parent (train_flops etc. are this stage's own)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -118,6 +120,85 @@ def _optim_config(config: TrainConfig):
     from scaling.models import registry
 
     return registry.recipe_config(config.model, config.optimizer)  # the family's recipe dataclass
+
+
+@dataclass(frozen=True)
+class _Build:
+    """What a config and its dataset fix about the network and its update rule."""
+
+    model_cfg: Any
+    optim_cfg: Any
+    family: Any
+    resolution: int
+    recipe: Any  # scaling.optim.Recipe (SAM-wrapped when sam_rho > 0)
+
+
+def _build(config: TrainConfig, dataset) -> _Build:
+    from scaling.models import registry
+    from scaling.optim import with_sam
+
+    model_cfg = _model_config(config, dataset.num_classes)
+    optim_cfg = _optim_config(config)
+    family = registry.family_of(model_cfg)  # model, init and recipe come from here
+    # Default: the dataset's native size if it has one (the procedural set renders at
+    # 32 px), else the model's train resolution [B21].
+    resolution = config.resolution or dataset.native_resolution or model_cfg.train_resolution
+    recipe = family.load("make_recipe")(optim_cfg)
+    if config.sam_rho > 0:
+        recipe = with_sam(recipe, config.sam_rho)
+    return _Build(model_cfg, optim_cfg, family, resolution, recipe)
+
+
+def _start_params(config: TrainConfig, fresh: Any, sharding) -> Any:
+    """A fine-tune's first parameters: the parent's final ones with this run's fresh
+    classifier (scaling/train/finetune.py); BadInput before anything is trained."""
+    from scaling.train import finetune
+
+    parent = finetune.read_parent(config)
+    theirs = final_params(parent.config, parent.workdir, name=config.parent_trial_id, result=parent.result,
+                          sharding=sharding)
+    return finetune.transfer(theirs, fresh, config.parent_trial_id, keep_classifier=not config.reset_classifier)
+
+
+def param_shapes(config: TrainConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """{leaf path: shape} of the network `config` trains, traced (jax.eval_shape: no
+    compilation, no drawing), for checking a fine-tune before anything is stored."""
+    import jax.numpy as jnp
+
+    from scaling.data import get_dataset
+    from scaling.train.finetune import _leaves
+
+    data = get_dataset(config.dataset)
+    b = _build(config, data)
+    model = b.family.load("module")(b.model_cfg)
+    dummy = jax.ShapeDtypeStruct((1, b.resolution, b.resolution, data.channels), jnp.float32)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), dummy)
+    return {k: tuple(v.shape) for k, v in _leaves(shapes["params"]).items()}
+
+
+def final_params(config: TrainConfig, workdir: Path | str, *, name: str, result: dict | None = None,
+                 sharding=None) -> Any:
+    """The final parameters (host numpy) of the finished run `config` in `workdir`, read
+    from its final checkpoint and checked against its identity and fingerprint
+    (scaling.train.checkpoint.restore_params); `name` names the run in messages."""
+    from scaling.data import get_dataset
+    from scaling.train.checkpoint import restore_params
+    from scaling.train.workdir import checkpoints_dir
+
+    workdir = Path(workdir).absolute()
+    result = read_result(workdir) if result is None else result
+    if result is None:
+        raise BadInput(f"parent_trial_id: run {name} in {workdir} has not finished; wait for it")
+    if sharding is None:
+        sharding = step_mod.replicated(step_mod.make_mesh())
+    data = get_dataset(config.dataset)
+    b = _build(config, data)
+    params = b.family.load("init")(b.model_cfg, jax.random.key(config.seed), b.resolution, channels=data.channels)
+    like = jax.eval_shape(lambda p: {"params": p, "opt_state": b.recipe.optimizer.init(p), "step": jnp.int32(0)},
+                          params)
+    like = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), like)
+    return restore_params(checkpoints_dir(workdir), step=int(result["steps"]), identity=identity_hash(config),
+                          state_like=like, name=name)
 
 
 def eval_steps(total_steps: int, points: int) -> set[int]:
@@ -182,13 +263,9 @@ class _Run:
         self.hardware = (units.hardware(config.hardware).name if config.hardware
                          else units.hardware_for_device_kind(jax.devices()[0].device_kind))
         self.dataset = get_dataset(config.dataset)
-        self.model_cfg = _model_config(config, self.dataset.num_classes)
-        self.optim_cfg = _optim_config(config)
-        self.family = registry.family_of(self.model_cfg)  # model, init and recipe come from here
-        # Default: the dataset's native size if it has one (the procedural set renders at
-        # 32 px), else the model's train resolution [B21].
-        self.resolution = (config.resolution or self.dataset.native_resolution
-                           or self.model_cfg.train_resolution)
+        built = _build(config, self.dataset)
+        self.model_cfg, self.optim_cfg, self.family = built.model_cfg, built.optim_cfg, built.family
+        self.resolution = built.resolution
         self.eval_resolution = config.eval_resolution or self.resolution
         self.counts = registry.count(self.model_cfg, self.resolution, channels=self.dataset.channels)
         self.plan = plan_steps(epochs=config.epochs, budget=config.budget, unit=config.unit,
@@ -200,11 +277,6 @@ class _Run:
         if config.batch_size % self.num_devices:
             raise BadInput(f"batch_size: {config.batch_size} is not divisible by the "
                            f"{self.num_devices} devices; use a multiple of {self.num_devices}")
-        claim_workdir(config, workdir, create=self.lead)
-        if jax.process_count() > 1:  # everyone sees the workdir process 0 created
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices("scaling-train-workdir")
         self.evals = eval_steps(self.total_steps, config.eval_points)
         self.log_every = max(1, self.total_steps // MAX_LOGGED_STEPS)
         self.index_log = index_log_path(workdir, jax.process_index())
@@ -212,16 +284,27 @@ class _Run:
         # ---- model, optimizer, compiled-step factories, initial state, data
         self.mesh = step_mod.make_mesh()
         model = self.family.load("module")(self.model_cfg, dtype=config.compute_dtype)
-        recipe = self.family.load("make_recipe")(self.optim_cfg)
+        recipe = built.recipe
         optimizer = recipe.optimizer
         self.compile_key = step_key(config, self.model_cfg, self.optim_cfg, self.mesh.devices.flat)
-        self.make_train_step = functools.partial(
-            step_mod.make_train_step, model, recipe,
-            label_smoothing=self.optim_cfg.label_smoothing, mesh=self.mesh)
-        self.make_eval_step = functools.partial(step_mod.make_eval_step, model, mesh=self.mesh)
         rep = step_mod.replicated(self.mesh)
         params = self.family.load("init")(self.model_cfg, jax.random.key(config.seed), self.resolution,
                                           channels=self.dataset.channels)
+        if config.parent_trial_id is not None:
+            params = _start_params(config, params, rep)
+        # Claimed only now: a config refused above (a bad parent) leaves no workdir.
+        claim_workdir(config, workdir, create=self.lead)
+        if jax.process_count() > 1:  # everyone sees the workdir process 0 created
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("scaling-train-workdir")
+        from scaling.train.finetune import frozen_mask
+
+        self.make_train_step = functools.partial(
+            step_mod.make_train_step, model, recipe,
+            label_smoothing=self.optim_cfg.label_smoothing, mesh=self.mesh, sam=config.sam_rho > 0,
+            frozen=frozen_mask(params, config.trainable))
+        self.make_eval_step = functools.partial(step_mod.make_eval_step, model, mesh=self.mesh)
         state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.int32(0)}
         self.state = jax.tree.map(lambda x: _put_replicated(np.asarray(x), rep), state)
         hyper = step_mod.make_hyper(peak_lr=config.lr,
@@ -466,6 +549,8 @@ class _Run:
                                                             self.num_devices) if wall_s > 0 else 0.0,
             fingerprint=digest,
             family=self.family.name,
+            stage="pretrain" if cfg.parent_trial_id is None else "finetune",
+            parent_trial_id=cfg.parent_trial_id,
         )
 
 

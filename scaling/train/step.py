@@ -60,12 +60,18 @@ def to_model_input(image: jax.Array) -> jax.Array:
 
 
 def make_train_step(model, optimizer, apply_updates: Callable | None = None, *, label_smoothing: float,
-                    mesh: Mesh) -> Callable:
+                    mesh: Mesh, sam: bool = False, frozen: Any = None) -> Callable:
     """(state, batch, hyper) -> (state, metrics); state = {params, opt_state, step}.
 
     `optimizer` is a family's `scaling.optim.Recipe` (optimizer, schedule, update rule),
     or an optax transformation with `apply_updates(params, direction, lr)` and the
-    NFNet schedule (the form this function had before families: the same program)."""
+    NFNet schedule (the form this function had before families: the same program).
+    `sam`: the recipe's optimizer is wrapped by `scaling.optim.with_sam`, whose update
+    takes the gradient function (the second gradient is taken at the ascended point,
+    with the same batch and dropout key). `frozen`: a tree of Python bools shaped like
+    the params, True where a parameter keeps its value (a fine-tune of the head only);
+    the selection is after the update rule, so a decoupled weight decay moves nothing
+    frozen either."""
     if isinstance(optimizer, Recipe):
         recipe = optimizer
     else:
@@ -82,10 +88,16 @@ def make_train_step(model, optimizer, apply_updates: Callable | None = None, *, 
             return cross_entropy(logits, batch["label"], label_smoothing=label_smoothing)
 
         loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-        direction, opt_state = recipe.optimizer.update(grads, state["opt_state"], state["params"])
+        if sam:
+            direction, opt_state = recipe.optimizer.update(
+                grads, state["opt_state"], state["params"], grad_fn=lambda p, _i: jax.grad(loss_fn)(p))
+        else:
+            direction, opt_state = recipe.optimizer.update(grads, state["opt_state"], state["params"])
         lr = recipe.learning_rate(step, peak_lr=hyper.peak_lr, warmup_steps=hyper.warmup_steps,
                                   total_steps=hyper.total_steps)
         params = recipe.apply_updates(state["params"], direction, lr, hyper.peak_lr)
+        if frozen is not None:
+            params = jax.tree.map(lambda f, new, old: old if f else new, frozen, params, state["params"])
         new_state = {"params": params, "opt_state": opt_state, "step": step + 1}
         return new_state, {"loss": loss, "lr": lr}
 
