@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_every_family_is_complete():
-    assert list(registry.FAMILIES) == ["nfnet", "vit"]
+    assert list(registry.FAMILIES)[:2] == ["nfnet", "vit"] and {"effnetv2", "g16", "coatnet"} <= set(registry.FAMILIES)
     for fam in registry.FAMILIES.values():
         assert dataclasses.is_dataclass(fam.config_type) and fam.presets
         assert all("source" in row for row in fam.variants.values()), fam.name

@@ -170,8 +170,87 @@ VIT = Family(
     references="docs/references.md#vision-transformers",
 )
 
+# --------------------------------------------------------------- EfficientNetV2, G16
+from scaling.models import effnetv2_config, effnetv2_counts, g16_config, g16_counts  # noqa: E402
+from scaling.models.mbconv_config import MBConvRecipe  # noqa: E402
+
+EFFNETV2 = Family(
+    name=effnetv2_config.FAMILY,
+    title="EfficientNetV2",
+    config_type=effnetv2_config.EffNetV2Config,
+    presets=effnetv2_config.PRESET_NAMES,
+    variants={f"EfficientNetV2-{k}": row for k, row in effnetv2_config.VARIANTS.items()},
+    owns=effnetv2_config.owns,
+    get_config=effnetv2_config.get_config,
+    model_name=effnetv2_config.model_name,
+    count=effnetv2_counts.count,
+    shape=effnetv2_config.shape_of,
+    member=effnetv2_config.member,
+    summary=effnetv2_config.summary,
+    min_resolution=effnetv2_config.min_resolution,
+    recipe=MBConvRecipe,
+    grid_keys=effnetv2_config.GRID_KEYS,
+    grid_names=effnetv2_config.grid_names,
+    example="effnetv2-d0.25-w0.25",
+    module="scaling.models.mbconv:MBConvNet",
+    init="scaling.models.mbconv:init_params",
+    make_recipe="scaling.models.mbconv:make_recipe",
+    references="docs/references.md#efficientnetv2",
+)
+
+G16 = Family(
+    name=g16_config.FAMILY,
+    title="G16-EfficientNet",
+    config_type=g16_config.G16Config,
+    presets=g16_config.PRESET_NAMES,
+    variants={f"G16-EfficientNet-{k}": row for k, row in g16_config.VARIANTS.items()},
+    owns=g16_config.owns,
+    get_config=g16_config.get_config,
+    model_name=g16_config.model_name,
+    count=g16_counts.count,
+    shape=g16_config.shape_of,
+    member=g16_config.member,
+    summary=g16_config.summary,
+    min_resolution=g16_config.min_resolution,
+    recipe=MBConvRecipe,
+    grid_keys=g16_config.GRID_KEYS,
+    grid_names=g16_config.grid_names,
+    example="g16-d0.25-w0.25",
+    module="scaling.models.mbconv:MBConvNet",
+    init="scaling.models.mbconv:init_params",
+    make_recipe="scaling.models.mbconv:make_recipe",
+    references="docs/references.md#g16-efficientnet-and-proxy-norm",
+)
+
+# ------------------------------------------------------------------------- CoAtNet
+from scaling.models import coatnet_config, coatnet_counts  # noqa: E402
+
+COATNET = Family(
+    name=coatnet_config.FAMILY,
+    title="CoAtNet",
+    config_type=coatnet_config.CoAtNetConfig,
+    presets=coatnet_config.PRESET_NAMES,
+    variants={f"CoAtNet-{k}": row for k, row in coatnet_config.VARIANTS.items()},
+    owns=coatnet_config.owns,
+    get_config=coatnet_config.get_config,
+    model_name=coatnet_config.model_name,
+    count=coatnet_counts.count,
+    shape=coatnet_config.shape_of,
+    member=coatnet_config.member,
+    summary=coatnet_config.summary,
+    min_resolution=coatnet_config.min_resolution,
+    recipe=coatnet_config.CoAtNetRecipe,
+    grid_keys=coatnet_config.GRID_KEYS,
+    grid_names=coatnet_config.grid_names,
+    example="coatnet-d0.5-w0.25",
+    module="scaling.models.coatnet:CoAtNet",
+    init="scaling.models.coatnet:init_params",
+    make_recipe="scaling.models.coatnet:make_recipe",
+    references="docs/references.md#coatnet",
+)
+
 # Order matters only for error messages and listings; NFNet first.
-FAMILIES: dict[str, Family] = {f.name: f for f in (NFNET, VIT)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (NFNET, VIT, EFFNETV2, G16, COATNET)}
 DEFAULT_FAMILY = "nfnet"  # a run given by depth/width multipliers (TrainConfig) is an NFNet
 
 
