@@ -108,7 +108,8 @@ def check_cells(spec: SweepSpec, store: Store, trials: list) -> None:
     (it kept only the LR policy), e.g. a changed recipe or dataset."""
     stored = {}
     for r in store.rows(spec.name):
-        if r["reason"] != "imported" and r["epochs"] is not None:
+        # Fine-tunes are keyed by their parents, not by these cells (sweeps/finetune.py).
+        if r["reason"] != "imported" and r["epochs"] is not None and r.get("stage") != "finetune":
             stored[(r["model"], float(r["epochs"]), float(r["lr"]), r["seed"])] = r
     for t in trials:
         c = t.config

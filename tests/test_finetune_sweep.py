@@ -93,6 +93,18 @@ def test_best_parents_are_finetuned_once_their_cells_settle(store_url, tmp_path)
     assert got == {r["trial_id"]: (r["stage"], r["parent_trial_id"]) for r in rows}
 
 
+def test_rerunning_a_spec_whose_finetunes_share_a_cells_epochs_and_lr_adds_nothing(tmp_path):
+    # The fine-tunes run at 1 epoch and lr 0.8, like a pre-training cell; the stored-cell
+    # check keys pre-training cells only, so the re-run is not refused as a changed dataset.
+    store = Store(f"sqlite:///{tmp_path / 's.db'}", results_dir=tmp_path)
+    text = spec_text(f'\n[finetune]\ndataset = "{DOWN}"\nepochs = [1.0]\nlr = [0.8]\n')
+    enqueue_spec(parse(text), store)
+    run_workers(store, recording_trainer([]))
+    rows = store.rows("smoke")
+    assert any(r["stage"] == "finetune" and r["epochs"] == 1.0 and r["lr"] == 0.8 for r in rows)
+    assert enqueue_spec(parse(text), store) == 0 and len(store.rows("smoke")) == len(rows)
+
+
 def test_parents_all_finetunes_every_finished_run(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 's.db'}", results_dir=tmp_path)
     enqueue_spec(parse(spec_text(FINETUNE + 'parents = "all"\n')), store)
