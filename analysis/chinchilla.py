@@ -220,10 +220,39 @@ def fit_approach3(opt: pd.DataFrame, resamples: int = 1000, seed: int = 0, level
                          method=method, withheld=withheld)
 
 
-def isoflop_profiles(opt: pd.DataFrame, fit: ChinchillaFit | None = None, decade_width: float = 0.5) -> pd.DataFrame:
-    """[H22] Approach 2 as a diagnostic: bin the lr-optimal points by log10 compute, fit a
-    parabola of loss in log N within each bin with >= 3 model sizes, report its minimum
-    next to Approach 3's N_opt at the bin's median compute."""
+ISOFLOP_MIN_SIZES = 3  # a parabola has 3 coefficients: fewer sizes in a bin give no minimum
+
+
+def _parabola_minimum(x: np.ndarray, y: np.ndarray, level: float):
+    """Least-squares parabola y = c2 x^2 + c1 x + c0 through (x, y): (coefficients, vertex,
+    vertex interval). The interval is the delta-method t-interval of -c1 / (2 c2) from the
+    residual scatter; NaN with no residual degree of freedom (3 points lie on a parabola
+    exactly) or a parabola that opens downward (no minimum)."""
+    from scipy.special import stdtrit
+
+    X = np.column_stack([x ** 2, x, np.ones_like(x)])
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    c2, c1, _ = coef
+    if not c2 > 0:
+        return coef, float("nan"), (float("nan"), float("nan"))
+    v = -c1 / (2 * c2)
+    dof = len(x) - 3
+    if dof < 1:
+        return coef, float(v), (float("nan"), float("nan"))
+    sigma2 = float(np.sum((y - X @ coef) ** 2) / dof)
+    cov = sigma2 * np.linalg.pinv(X.T @ X)
+    grad = np.array([c1 / (2 * c2 ** 2), -1 / (2 * c2), 0.0])
+    half = float(stdtrit(dof, 0.5 + level / 2) * np.sqrt(max(grad @ cov @ grad, 0.0)))
+    return coef, float(v), (float(v - half), float(v + half))
+
+
+def isoflop_profiles(opt: pd.DataFrame, fit: ChinchillaFit | None = None, decade_width: float = 0.5,
+                     level: float = 0.95) -> pd.DataFrame:
+    """[H22] Approach 2 as a diagnostic: bin the lr-optimal points by log10 compute and fit,
+    in each bin with >= ISOFLOP_MIN_SIZES model sizes, a parabola of loss in log N to THAT
+    bin's own points; report its minimum (with a t-interval when the bin has more points
+    than coefficients) next to Approach 3's N_opt at the bin's median compute. Bins with
+    fewer sizes are listed (drawn False) but get no parabola."""
     pts = opt.dropna(subset=["train_flops", "params", "heldout_loss"]).copy()
     if pts.empty:
         return pd.DataFrame()
@@ -231,15 +260,24 @@ def isoflop_profiles(opt: pd.DataFrame, fit: ChinchillaFit | None = None, decade
     rows = []
     for b, g in pts.groupby("bin"):
         c = float(np.exp(np.log(g["train_flops"]).mean()))
-        row = {"compute": c, "n_models": g["params"].nunique(), "n_parabola": np.nan, "n_approach3": np.nan}
-        if g["params"].nunique() >= 3:
-            a2, a1, a0 = np.polyfit(np.log(g["params"]), g["heldout_loss"], 2)
-            if a2 > 0:
-                row["n_parabola"] = float(np.exp(-a1 / (2 * a2)))
+        row = {"bin": int(b), "compute": c, "n_models": int(g["params"].nunique()), "n_points": len(g),
+               "drawn": False, "n_parabola": np.nan, "n_parabola_lo": np.nan, "n_parabola_hi": np.nan,
+               "c2": np.nan, "c1": np.nan, "c0": np.nan, "n_approach3": np.nan}
+        if row["n_models"] >= ISOFLOP_MIN_SIZES:
+            coef, v, (lo, hi) = _parabola_minimum(np.log(g["params"].to_numpy(float)),
+                                                  g["heldout_loss"].to_numpy(float), level)
+            with np.errstate(over="ignore"):  # a nearly flat parabola: its minimum is far off (inf), as it is
+                row.update(drawn=True, c2=float(coef[0]), c1=float(coef[1]), c0=float(coef[2]), n_parabola=float(np.exp(v)),
+                           n_parabola_lo=float(np.exp(lo)), n_parabola_hi=float(np.exp(hi)))
         if fit is not None:
             row["n_approach3"] = float(fit.optimal(c)[0])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def has_isoflop_design(iso: pd.DataFrame) -> bool:
+    """True when at least one compute bin holds enough model sizes for its own parabola."""
+    return bool(len(iso)) and "drawn" in iso and bool(iso["drawn"].any())
 
 
 def backtest(opt: pd.DataFrame, holdouts=(1, 2, 3)) -> pd.DataFrame:

@@ -103,8 +103,12 @@ def analyze(
     from analysis.pipeline import jsonable, run_analysis
 
     result = run_analysis(runs, notes, resamples=resamples, seed=seed, level=level)
+    from analysis import finetune  # fine-tune rows, set aside by load.clean, get their own section
+
+    result.finetune = finetune.from_source(store, csv, dataset, family, level=level, resamples=resamples, seed=seed)
     path = report.write_report(result, out, unit=unit)
     summary = result.to_dict()
+    summary["finetune"] = result.finetune.to_dict() if result.finetune is not None else None
     summary["report"] = str(path)
     if as_json:
         typer.echo(json.dumps(jsonable(summary), allow_nan=False, indent=2))
@@ -128,17 +132,33 @@ def plan(
     dataset: Optional[str] = _DATASET,
     family: Optional[str] = typer.Option(None, "--family", help="Plan within this architecture family "
                                          "(required when the runs hold several)."),
+    dataset_size: Optional[float] = typer.Option(None, "--dataset-size", help="Unique training examples of the "
+                                                 "dataset to plan for (default: the runs' own, examples / epochs)."),
+    objective: str = typer.Option("heldout-loss", "--objective", help="heldout-loss (default: pre-training) or "
+                                  "finetune-top1 (downstream top-1 of the runs' fine-tune trials)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ) -> None:
     """Recommend model, epochs and peak LR for a budget, with the predicted loss, within
-    the runs' family (no concrete architecture for a family the project does not know)."""
+    the runs' family (no concrete architecture for a family the project does not know);
+    data repetition, shape and the two-trial lr come with it."""
     from scaling import units
 
     _check_level(level)
     _check_seed(seed)
     units.parse_unit(unit)  # bad unit -> exit 2 before any loading
+    from analysis import finetune, planner
+
+    if finetune.check_objective(objective, dataset_size) == "finetune-top1":  # analysis/finetune.py
+        from analysis.pipeline import jsonable
+
+        p = finetune.plan_command(budget, unit, store=DEFAULT_URL if store is None and csv is None else store,
+                                  csv=csv, dataset=dataset, family=family, extrapolate=extrapolate,
+                                  utilization=utilization, level=level, seed=seed)
+        typer.echo(json.dumps(jsonable(p), allow_nan=False, indent=2) if as_json else finetune.format_plan(p))
+        return
+
+    planner.check_dataset_size(dataset_size)
     runs, notes = _load(store, csv, dataset, family)
-    from analysis import planner
     from analysis.load import family_column
     from analysis.pipeline import jsonable, run_analysis
 
@@ -151,8 +171,10 @@ def plan(
                           laws=False, backtest=False, polish=False)
     if result.opt.empty:
         raise RuntimeFailure(f"cannot plan: {'; '.join(result.notes)}")
-    p = planner.plan(result, budget, unit, extrapolate=extrapolate, utilization=utilization, level=level)
-    typer.echo(json.dumps(jsonable(p), allow_nan=False, indent=2) if as_json else planner.format_plan(p))
+    p = planner.plan(result, budget, unit, extrapolate=extrapolate, utilization=utilization, level=level,
+                     dataset_size=dataset_size)
+    typer.echo(json.dumps(jsonable({"objective": objective, **p}), allow_nan=False, indent=2) if as_json
+               else planner.format_plan(p))
 
 
 def register(app: typer.Typer) -> None:

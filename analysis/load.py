@@ -94,7 +94,7 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise BadInput(f"--csv: no file at {str(path)!r}; pass an existing CSV of runs")
     df = rows.read_csv_runs(path, field="--csv")
-    rows.check_frame(df, statuses=rows.ANALYSIS_STATUSES)
+    df.attrs["notes"] = rows.check_frame(df, statuses=rows.ANALYSIS_STATUSES)  # counts rounded
     return df
 
 
@@ -110,6 +110,14 @@ def clean(raw: pd.DataFrame, dataset: str | None = None) -> tuple[pd.DataFrame, 
         df[col] = pd.to_numeric(df[col], errors="coerce")
     df["model"] = df["model"].astype(str)
     df["family"] = family_column(df)
+    # Fine-tune trials (stage "finetune", on a downstream dataset) are not points of the
+    # pre-training laws; analysis/finetune.py reads them with their parents.
+    df["stage"] = df["stage"].astype(object).fillna("pretrain").astype(str).str.lower()
+    tuned = int((df["stage"] == "finetune").sum())
+    if tuned:
+        notes.append(f"set aside {tuned} fine-tune trial(s): not points of the pre-training laws "
+                     "(the fine-tuning section reads them)")
+    df = df[df["stage"] != "finetune"]
     if dataset is not None:
         if dataset not in set(df["dataset"].dropna()):
             raise BadInput(f"--dataset: {dataset!r} not in the runs; choose one of {sorted(set(df['dataset'].dropna()))}")
@@ -148,4 +156,5 @@ def load_runs(store: str | None = None, csv: str | Path | None = None,
     if (store is None) == (csv is None):
         raise BadInput("--store/--csv: give exactly one source of runs (a store URL or a CSV file)")
     raw = read_store(store) if store is not None else read_csv(csv)
-    return clean(raw, dataset)
+    df, notes = clean(raw, dataset)
+    return df, list(raw.attrs.get("notes", [])) + notes

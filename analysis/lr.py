@@ -10,6 +10,7 @@ so the frontier is built from measured numbers.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -207,3 +208,39 @@ def fit_lr_law(opt: pd.DataFrame, *, level: float = 0.95) -> tuple[LrLaw | None,
     cov = scatter**2 * np.linalg.pinv(x.T @ (w[:, None] * x))
     return LrLaw(float(theta[0]), float(theta[1]), float(theta[2]), cov, len(cells), len(ok) - len(cells),
                  scatter, level), ""
+
+
+def two_trials(first_lr: float, params: float, epochs: float, opt: pd.DataFrame, law: "LrLaw | None" = None,
+               trend: pd.DataFrame | None = None) -> dict:
+    """[S23]'s two-trial tuning: the optimal lr falls slowly and monotonically with the
+    epoch budget, so the law's prediction and ONE factor-2 neighbour suffice. The second
+    trial goes the way the law's lr moves from the nearest fitted cell to the plan's
+    (params, epochs) (down when the plan is further than the runs and the lr falls with
+    budget); inside the fitted cells, the way the epoch slope points."""
+    cells = opt.dropna(subset=["epochs", "params", "lr_opt"])
+    cells = cells[(cells["epochs"] > 0) & (cells["params"] > 0)]
+    if not (np.isfinite(first_lr) and first_lr > 0) or cells.empty:
+        return {"first_lr": first_lr, "second_lr": float("nan"), "direction": None,
+                "why": "no lr prediction to start from", "stop_rule": ""}
+    dist = np.hypot(np.log2(cells["epochs"].to_numpy(float) / epochs), np.log2(cells["params"].to_numpy(float) / params))
+    near = cells.iloc[int(np.argmin(dist))]
+    if law is not None:
+        at_cell = float(law.predict(near["params"], near["epochs"]))
+        slope = law.s
+    else:
+        at_cell = float(predict_lr(trend, near["params"], near["epochs"])) if trend is not None else float("nan")
+        slope = float(np.nanmedian(trend["s"])) if trend is not None and trend["s"].notna().any() else -1.0
+    move = math.log2(first_lr / at_cell) if np.isfinite(at_cell) and at_cell > 0 else 0.0
+    if abs(move) > 0.05:  # the plan lies away from the runs: follow the law's change of lr
+        down = move < 0
+        why = (f"the law's lr {'falls' if down else 'rises'} by x{2 ** move:.2f} from the nearest fitted cell "
+               f"({near['model']} at {near['epochs']:g} epochs) to this plan")
+    else:
+        down = slope <= 0
+        why = f"the law's lr {'falls' if down else 'rises'} with the epoch budget (x{2 ** slope:.2f} per doubling)"
+    second = first_lr / 2 if down else first_lr * 2
+    stop = (f"run both; if {second:.3g} gives a higher held-out loss than {first_lr:.3g}, stop and keep "
+            f"{first_lr:.3g} (the optimum is within a factor 2); if it gives a lower one, the optimum lies further "
+            f"{'down' if down else 'up'}: try {second / 2 if down else second * 2:.3g} and stop at the first rise")
+    return {"first_lr": first_lr, "second_lr": second, "direction": "down" if down else "up", "why": why,
+            "stop_rule": stop}

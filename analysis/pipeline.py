@@ -165,10 +165,7 @@ def _run_family(runs: pd.DataFrame, notes: list[str], resamples: int, seed: int,
     if opt.empty:
         notes.append("no finished runs with a finite held-out loss: nothing to fit")
         return res
-    edges = opt[opt["edge"] != ""]
-    if len(edges):
-        where = ", ".join(f"{r.model}@{r.epochs:g}ep ({r.edge})" for r in edges.itertuples())
-        notes.append(f"{len(edges)} lr optimum(s) not bracketed by the grid (edge; extend the lr grid): {where}")
+    notes += edge_notes(opt)
     if trend["s"].isna().all():
         notes.append("lr trend: needs >= 2 epoch budgets per model; none has them")
     res.lr_law, why = lr.fit_lr_law(opt, level=level)
@@ -202,7 +199,10 @@ def _run_family(runs: pd.DataFrame, notes: list[str], resamples: int, seed: int,
             except _FIT_ERRORS as err:
                 notes.append(f"Approach 3 backtest not done: {err}")
         try:
-            res.isoflop = chinchilla.isoflop_profiles(opt, res.approach3)
+            res.isoflop = chinchilla.isoflop_profiles(opt, res.approach3, level=level)
+            if not chinchilla.has_isoflop_design(res.isoflop):
+                notes.append(f"IsoFLOP: no IsoFLOP design (no half-decade compute bin holds >= "
+                             f"{chinchilla.ISOFLOP_MIN_SIZES} model sizes), so no IsoFLOP profile is drawn")
         except _FIT_ERRORS as err:
             notes.append(f"IsoFLOP profiles not computed: {err}")
     fits = {**{f"frontier law '{k}'": v for k, v in res.laws.items()}, "Approach 3": res.approach3}
@@ -225,6 +225,20 @@ def _run_family(runs: pd.DataFrame, notes: list[str], resamples: int, seed: int,
                          f"fit '{name}': only {fit.converged_fraction:.0%} of bootstrap resamples converged "
                          "or had enough distinct points; intervals use those")
     return res
+
+
+def edge_notes(opt: pd.DataFrame, listed: int = 3) -> list[str]:
+    """One note per kind of unbracketed lr optimum ("low", "high", "too few lrs"): the
+    count and the first few cells, never one line per cell (an import of 240 single-lr
+    runs is one line, not 240)."""
+    out = []
+    edges = opt[opt["edge"] != ""]
+    for kind, g in edges.groupby("edge", sort=True):
+        cells = [f"{r.model}@{r.epochs:g}ep" for r in g.head(listed).itertuples()]
+        more = f" and {len(g) - listed} more" if len(g) > listed else ""
+        fix = "run more learning rates per cell" if kind == "too few lrs" else "extend the lr grid"
+        out.append(f"{len(g)} x lr optimum not bracketed ({kind}), e.g. {', '.join(cells)}{more}; {fix}")
+    return out
 
 
 def few_points_warning(opt: pd.DataFrame, fit: chinchilla.ChinchillaFit | None,

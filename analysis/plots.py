@@ -182,32 +182,43 @@ def optimal_figure(a: Analysis, per_unit: float, unit: str):
 
 
 def isoflop_figure(a: Analysis, per_unit: float, unit: str):
-    """[H22] Approach 2 view: loss vs params in compute bins, with Approach 3's IsoFLOP curves."""
+    """[H22] Approach 2 view: loss vs params per compute bin, each bin's own parabola through
+    its own points (bins with >= 3 sizes only), its minimum marked with its interval, and
+    Approach 3's N_opt at the bin's compute for comparison. None (the report says "no
+    IsoFLOP design") when no bin has 3 sizes."""
     iso = a.isoflop
-    if iso is None or iso.empty or a.approach3 is None:
+    if iso is None or iso.empty or "drawn" not in iso or not iso["drawn"].any():
         return None
-    fit = a.approach3
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    pts = a.opt.copy()
-    pts["bin"] = np.floor(np.log10(pts["train_flops"]) / 0.5).astype(int)
-    bins = sorted(pts["bin"].unique())
+    pts = a.opt.dropna(subset=["train_flops", "params", "heldout_loss"]).copy()
+    pts["bin"] = np.floor(np.log10(pts["train_flops"]) / 0.5).astype(int)  # as chinchilla.isoflop_profiles
+    drawn = iso[iso["drawn"]].reset_index(drop=True)
     cmap = plt.get_cmap("plasma")
-    n_grid = np.geomspace(pts["params"].min() / 3, pts["params"].max() * 3, 100)
-    for i, (b, row) in enumerate(zip(bins, iso.itertuples())):
-        color = cmap(i / max(1, len(bins) - 1) * 0.85)
-        g = pts[pts["bin"] == b]
+    shown = []
+    for i, row in enumerate(drawn.itertuples()):
+        color = cmap(i / max(1, len(drawn) - 1) * 0.85)
+        g = pts[pts["bin"] == row.bin]
+        shown.append(g)
         ax.plot(g["params"], g["heldout_loss"], "o", color=color, ms=5)
-        d = row.compute / (3 * fit.flops(n_grid))
-        ax.plot(n_grid, fit.predict(n_grid, d), "-", color=color, lw=1,
+        x = np.linspace(np.log(g["params"].min()) - 0.2, np.log(g["params"].max()) + 0.2, 100)
+        ax.plot(np.exp(x), row.c2 * x ** 2 + row.c1 * x + row.c0, "-", color=color, lw=1,
                 label=f"C ~ {row.compute / per_unit:.3g} {unit}")
         if np.isfinite(row.n_parabola):
-            ax.axvline(row.n_parabola, color=color, ls=":", lw=1)
-    lo, hi = pts["heldout_loss"].min(), pts["heldout_loss"].max()
-    ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.4 * (hi - lo))
+            v = np.log(row.n_parabola)
+            y_min = row.c2 * v ** 2 + row.c1 * v + row.c0
+            lo, hi = row.n_parabola_lo, row.n_parabola_hi
+            err = [[row.n_parabola - lo], [hi - row.n_parabola]] if np.isfinite(lo) and np.isfinite(hi) else None
+            ax.errorbar([row.n_parabola], [y_min], xerr=err, fmt="D", color=color, ms=6, capsize=3, lw=1)
+        if np.isfinite(row.n_approach3):
+            ax.axvline(row.n_approach3, color=color, ls=":", lw=0.8)
+    both = pd.concat(shown)
+    lo, hi = both["heldout_loss"].min(), both["heldout_loss"].max()
+    ax.set_ylim(lo - 0.15 * (hi - lo + 1e-9), hi + 0.3 * (hi - lo + 1e-9))
     ax.set_xscale("log")
     ax.set_xlabel("parameters N")
     ax.set_ylabel("held-out loss [nats]")
-    ax.set_title("IsoFLOP view (dotted: parabola minimum per bin)")
+    ax.set_title("IsoFLOP view: each bin's own parabola; diamond: its minimum with interval;\n"
+                 "dotted: Approach 3 N_opt at the bin's compute", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -284,7 +295,7 @@ def comparison_figure(a: Analysis, per_unit: float, unit: str):
     if len(subs) < 2:
         return None
     form = crossover.preferred_form(*(sub.laws for sub in subs.values() if sub.laws))
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(7.5, 5) if len(subs) == 2 else (12, 6))  # 3+: the legend goes beside
     colors = {name: FAMILY_COLORS[i % len(FAMILY_COLORS)] for i, name in enumerate(subs)}
     cmin, cmax = a.compute_range
     grid = np.geomspace(cmin / 1.5, cmax * 1.5, 300)
@@ -307,7 +318,10 @@ def comparison_figure(a: Analysis, per_unit: float, unit: str):
             ax.plot(grid / per_unit, law.predict(grid), ":", color=color, lw=1)
             ax.plot(grid[inside] / per_unit, law.predict(grid[inside]), "-", color=color, lw=1.5,
                     label=f"{name}: {LAW_STYLE[form][2]}, b = {law.params['b']:.3f}")
-    for x in a.crossovers:
+    many = len(subs) > 2  # a line per pair no longer says which pair: markers instead
+    if many:
+        _mark_crossings(ax, a.crossovers, subs, colors, per_unit, unit)
+    for x in () if many else a.crossovers:
         pair = " / ".join(x.families)
         if x.flops is None:
             ax.plot([], [], " ", label=f"{pair}: no crossing in range ({x.ahead_below} ahead)")
@@ -328,9 +342,31 @@ def comparison_figure(a: Analysis, per_unit: float, unit: str):
     ax.set_ylabel("held-out loss [nats] (log scale)")
     ax.set_title("Families compared: frontier laws (solid: fitted range, dotted: extrapolated; "
                  f"{a.level:.0%} bands)", fontsize=9)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, **({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)} if many else {"loc": "best"}))
     fig.tight_layout()
     return fig
+
+
+def _mark_crossings(ax, crossovers, subs, colors, per_unit: float, unit: str):
+    """Three or more families: one vertical line per pair would not say which pair it is,
+    so each crossing is a numbered marker ON the two laws (face: the first family's colour,
+    edge: the second's) with its bootstrap interval as a horizontal bar, and the legend
+    names the pair; pairs that do not cross are listed with the family that is ahead."""
+    for i, x in enumerate(c for c in crossovers if c.flops is not None):
+        a, b = x.families
+        loss = float(subs[a].laws[x.law].predict(np.array([x.flops]))[0])  # the law it was found with
+        if x.interval:
+            ax.plot([x.interval[0] / per_unit, x.interval[1] / per_unit], [loss, loss], color="0.35", lw=1.2,
+                    alpha=0.8, zorder=4)
+        ax.plot(x.flops / per_unit, loss, "D", ms=9, mfc=colors[a], mec=colors[b], mew=2.5, zorder=5,
+                label=f"[{i + 1}] {a} / {b} cross at {x.flops / per_unit:.3g} {unit}"
+                      + (f" ({x.level:.0%}: {x.interval[0] / per_unit:.3g}..{x.interval[1] / per_unit:.3g})"
+                         if x.interval else ""))
+        ax.annotate(str(i + 1), (x.flops / per_unit, loss), xytext=(6, 6), textcoords="offset points",
+                    fontsize=8, fontweight="bold", zorder=6)
+    for x in crossovers:
+        if x.flops is None:
+            ax.plot([], [], " ", label=f"{' / '.join(x.families)}: no crossing in range ({x.ahead_below} ahead)")
 
 
 def _plain_y(ax):

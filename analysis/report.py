@@ -202,6 +202,10 @@ def write_report(a: Analysis, out: Path, unit: str = "flops") -> Path:
                [("Parabola minimum vs Approach 3 N_opt per compute bin", f.isoflop)])
     figure(plots.vit_figure(reference, a), "vit_comparison", "ConvNets vs Vision Transformers ([S23] Fig. 1)",
            [("Published points (with sources)", reference)])
+    if getattr(a, "finetune", None) is not None:  # fine-tune runs: analysis/finetune_plots.py
+        from analysis.finetune_plots import report_section
+
+        parts += report_section(a.finetune, out, per_unit, label, reference)
     parts.append("</body></html>")
     path = out / "report.html"
     path.write_text("\n".join(parts), encoding="utf-8")

@@ -57,6 +57,8 @@ class DemoResult:
     # above are its own, with several they are empty and the plan is per family.
     families: dict = field(default_factory=dict)
     crossovers: list = field(default_factory=list)  # analysis.crossover.Crossover.to_dict() per pair
+    converged: dict | None = None  # {"fraction", "resamples"} of the Approach 3 bootstrap refits
+    finetune: dict | None = None  # analysis.finetune.summary when the sweep has fine-tune runs
 
     @property
     def failed(self) -> bool:
@@ -134,15 +136,19 @@ def _analyse(sweep, store_url: str, out: Path, resamples: int) -> dict:
     # them ("x% of bootstrap resamples converged"), so numpy's warnings add nothing.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         analysis = run_analysis(runs, notes, resamples=resamples)
+        from analysis import finetune  # the sweep's fine-tune runs (set aside by clean): their own section
+
+        analysis.finetune = finetune.analyse(raw[raw["sweep"] == sweep.name], resamples=resamples)
         report = write_report(analysis, out, unit=sweep.report_unit)
     figures = sorted(report.parent.glob("*.png"))
     # One budget for every family (comparable plans): 10x the sweep's largest trial.
     budget = analysis.compute_range[1] * 10 ** PLAN_DECADES_BEYOND
     families = {name: _family_summary(sub, budget) for name, sub in analysis.per_family.items()}
     single = next(iter(families.values())) if len(families) == 1 else \
-        {"law": {}, "lr_law": "", "plan": None, "plan_error": None}
+        {"law": {}, "lr_law": "", "plan": None, "plan_error": None, "converged": None}
     return {"report": report, "figures": figures, "notes": analysis.notes, **single,
-            "families": families, "crossovers": [c.to_dict() for c in analysis.crossovers]}
+            "families": families, "crossovers": [c.to_dict() for c in analysis.crossovers],
+            "finetune": finetune.summary(analysis.finetune)}
 
 
 def _family_summary(analysis, budget: float) -> dict:
@@ -162,29 +168,39 @@ def _family_summary(analysis, budget: float) -> dict:
     else:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             plan = planner.plan(analysis, budget, "flops", extrapolate=True)
+    fit = analysis.approach3
+    converged = None if fit is None or not analysis.resamples else \
+        {"fraction": fit.converged_fraction, "resamples": analysis.resamples}
     return {"law": law, "lr_law": analysis.lr_law.describe() if analysis.lr_law else "", "plan": plan,
-            "plan_error": error}
+            "plan_error": error, "converged": converged}
 
 
 def summary_lines(r: DemoResult) -> list[str]:
     lines = [f"report: {r.report}", "figures: " + ", ".join(p.name for p in r.figures)]
     lines += [f"note: {n}" for n in r.notes if not n.startswith("crossover: ")]
+    from analysis.finetune import demo_lines
+
+    lines += demo_lines(r.finetune)  # a sweep with fine-tune runs: top-1 per cell, law, verdict
     if len(r.families) <= 1:
-        return lines + _family_lines(r.law, r.lr_law, r.plan, r.plan_error)
+        return lines + _family_lines(r.law, r.lr_law, r.plan, r.plan_error, converged=r.converged)
     for name, f in r.families.items():
         lines.append(f"family {name}:")
         lines += ["  " + line for line in _family_lines(f["law"], f["lr_law"], f["plan"], f["plan_error"],
-                                                        f" --family {name}")]
+                                                        f" --family {name}", converged=f.get("converged"))]
     lines.append("crossovers (where two families' frontier laws meet):" if r.crossovers else
                  "crossovers: none computed (a family has no frontier law; see the notes)")
     lines += [f"  {c['statement']}" for c in r.crossovers]
     return lines
 
 
-def _family_lines(law: dict, lr_law: str, plan: dict | None, plan_error: str | None, flag: str = "") -> list[str]:
+def _family_lines(law: dict, lr_law: str, plan: dict | None, plan_error: str | None, flag: str = "",
+                  converged: dict | None = None) -> list[str]:
     from analysis.planner import format_plan
 
     lines = []
+    if converged:
+        lines.append(f"compute-optimal fit: {converged['fraction']:.1%} of {converged['resamples']} bootstrap refits "
+                     "converged")
     if law:
         lo, hi = law["b_interval"]
         lines.append(f"frontier law: L = {law['k']:.3g} x C^-{law['b']:.3g} "
@@ -234,7 +250,8 @@ def demo(
         from analysis.pipeline import jsonable
 
         d = {k: getattr(r, k) for k in ("sweep", "store", "trials", "trained", "train_wall_seconds", "counts",
-                                        "notes", "plan", "plan_error", "law", "lr_law", "families", "crossovers")}
+                                        "notes", "plan", "plan_error", "law", "lr_law", "families", "crossovers",
+                                        "converged", "finetune")}
         d.update(report=str(r.report), figures=[str(p) for p in r.figures])
         typer.echo(json.dumps(jsonable(d), allow_nan=False, indent=1))
     else:

@@ -16,13 +16,14 @@ from scaling.errors import BadInput, RuntimeFailure
 
 ANALYSIS_MODULES = ["analysis", "analysis.fitting", "analysis.frontier", "analysis.lr", "analysis.chinchilla",
                     "analysis.load", "analysis.synthetic", "analysis.pipeline", "analysis.family",
+                    "analysis.shape", "analysis.seeds", "analysis.repetition",
                     "analysis.planner", "analysis.plots", "analysis.report", "analysis.cli"]
 
 
 def test_analysis_never_imports_jax_or_flax():
     code = ("import sys\n" + "".join(f"import {m}\n" for m in ANALYSIS_MODULES)
-            + "from analysis import family\nfamily.candidates(__import__('pandas').DataFrame("
-              "{'width_mult': [1.0], 'depth_mult': [1.0], 'params': [7e7]}))\n"
+            + "from analysis import family\nfamily.candidates_for('nfnet', __import__('pandas').DataFrame("
+              "{'model': ['F0', 'F1'], 'params': [7e7, 1.3e8]})).nearest(1e8)\n"
             + "bad = [m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax')]\n"
             + "assert not bad, bad\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

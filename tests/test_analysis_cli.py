@@ -44,6 +44,13 @@ def test_plan_json(csv):
     p = json.loads(out.stdout)
     assert p["budget"]["flops"] == 3e21 and p["recommended"]["nearest_named"].startswith("F")
     assert p["steps"] > 0 and p["peak_lr"] > 0 and "h100-chip-hours" in p["budget"]["in_units"]
+    assert p["shape"]["member"] == p["recommended"]["model"] and p["shape"]["source"] == "ladder"
+    assert p["repetition"]["law"] in ("plain", "data-constrained") and p["repetition"]["why"]
+    two = p["second_lr_trial"]
+    assert two["first_lr"] == p["peak_lr"] and two["second_lr"] in (p["peak_lr"] / 2, p["peak_lr"] * 2)
+    other = json.loads(run("plan", "--csv", str(csv), "--budget", "3e21", "--unit", "flops", "--json",
+                           "--dataset-size", "1e12").stdout)
+    assert other["dataset_size"] == 1e12 and other["epochs"] < p["epochs"]
 
 
 @pytest.mark.parametrize("args,field", [
@@ -53,6 +60,7 @@ def test_plan_json(csv):
     (["analyze", "--csv", "/nonexistent.csv"], "--csv"),
     (["analyze", "--store", "sqlite:////nonexistent/runs.db"], "--store"),
     (["analyze", "--level", "2"], "--level"),
+    (["plan", "--budget", "1e21", "--unit", "flops", "--dataset-size", "0"], "--dataset-size"),
 ])
 def test_bad_input_exits_2_with_one_line(csv, args, field):
     if args[0] == "plan":

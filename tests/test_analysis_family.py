@@ -17,7 +17,8 @@ def test_planner_resolution_is_inferred_from_flops_when_the_column_is_missing():
                      "flops_per_example": float(c.flops)})
     runs = pd.DataFrame(rows)
     assert family.infer_resolution(runs) == 16
-    assert family.candidates(runs)[1:] == (16, 10)
+    ladder = family.candidates_for("nfnet", runs)
+    assert (ladder.resolution, ladder.num_classes) == (16, 10)
     assert family.infer_resolution(runs.assign(resolution=32.0)) == 32  # the column wins
     assert family.infer_resolution(runs.drop(columns="flops_per_example")) is None
 

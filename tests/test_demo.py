@@ -156,6 +156,13 @@ def test_demo_end_to_end_with_ctrl_c_resume_and_a_rerun_that_trains_nothing(tmp_
     n, d = plan["recommended"]["params"], plan["examples"]
     assert plan["predicted_loss"] == pytest.approx(E + A / n ** ALPHA + B / d ** BETA, rel=0.01)
     assert plan["peak_lr"] == pytest.approx(BEST_LR, rel=0.3)
+    # planner v2: shape on the sweep's ladder (or a warning), repetition, two-trial lr, converged refits
+    assert {"shape", "repetition", "second_lr_trial"} <= set(plan)
+    assert 0.25 <= plan["recommended"]["depth_mult"] <= 0.5 or \
+        any(w.startswith("WARNING: shape extrapolation") for w in plan["warnings"])
+    assert plan["repetition"]["law"] in ("plain", "data-constrained") and plan["second_lr_trial"]["stop_rule"]
+    assert out["converged"]["fraction"] >= 0.99
+    assert "bootstrap refits converged" in first.stdout and "lr in two trials" in first.stdout
 
 
 def held_mid_trial(tmp_path: Path) -> int:
