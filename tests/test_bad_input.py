@@ -393,7 +393,9 @@ def test_a_store_refusal_exits_2_in_every_command(scratch, capsys, runs_csv, com
     """A store from a newer program: 1 for the store commands before, 2 for analyze/plan."""
     url = _newer_schema_store(scratch, capsys)
     line = refuses(store_commands(url)[command], capsys, scratch, 2, "store")
-    assert "schema version 4, this program knows up to 3" in line
+    from sweeps.schema import SCHEMA_VERSION
+
+    assert f"schema version {SCHEMA_VERSION + 1}, this program knows up to {SCHEMA_VERSION}" in line
 
 
 # ---------------------------------------------------------------- 9: options
@@ -473,6 +475,16 @@ def _real_store(root: Path) -> Path:
     return path
 
 
+def _row_page(db: bytes, page: int) -> int:
+    """Index of the first table-leaf page (b-tree type 13) holding a stored trial config:
+    found by content, so a schema change that moves the rows does not move the damage."""
+    for i in range(1, len(db) // page):
+        body = db[i * page:(i + 1) * page]
+        if body[0] == 13 and b"depth_mult" in body:
+            return i
+    raise AssertionError("no leaf page of trials rows in the store")
+
+
 def _damaged(kind: str, root: Path) -> str:
     """A store URL of the given kind of damage, made under root."""
     db = root / "runs.db"
@@ -491,7 +503,7 @@ def _damaged(kind: str, root: Path) -> str:
     elif kind == "page-corrupted":
         real = bytearray(_real_store(root).read_bytes())
         page = int.from_bytes(real[16:18], "big")
-        at = 13 * page + 100  # a page of the trials table's rows (page 14)
+        at = _row_page(real, page) * page + 100  # inside a leaf page holding trials rows
         real[at:at + 1000] = random.Random(14).randbytes(1000)
         db.write_bytes(bytes(real))
     elif kind == "folder":
