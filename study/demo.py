@@ -170,7 +170,7 @@ def _family_summary(analysis, budget: float) -> dict:
             plan = planner.plan(analysis, budget, "flops", extrapolate=True)
     fit = analysis.approach3
     converged = None if fit is None or not analysis.resamples else \
-        {"fraction": fit.converged_fraction, "resamples": analysis.resamples}
+        {"fraction": fit.converged_fraction, "resamples": analysis.resamples, "withheld": fit.withheld}
     return {"law": law, "lr_law": analysis.lr_law.describe() if analysis.lr_law else "", "plan": plan,
             "plan_error": error, "converged": converged}
 
@@ -198,7 +198,9 @@ def _family_lines(law: dict, lr_law: str, plan: dict | None, plan_error: str | N
     from analysis.planner import format_plan
 
     lines = []
-    if converged:
+    if converged and converged.get("withheld"):  # no refits were drawn: say why, not "nan%"
+        lines.append(f"compute-optimal fit: no intervals ({converged['withheld']})")
+    elif converged:
         lines.append(f"compute-optimal fit: {converged['fraction']:.1%} of {converged['resamples']} bootstrap refits "
                      "converged")
     if law:

@@ -181,3 +181,14 @@ def test_bad_spec_exits_2_without_creating_a_store(tmp_path):
                          timeout=120)
     assert out.returncode == 2 and out.stderr.startswith("error: ") and len(out.stderr.splitlines()) == 1
     assert not (tmp_path / "results" / "runs.db").exists()
+
+
+def test_the_convergence_line_says_why_when_no_refits_were_drawn():
+    """Intervals withheld (too few points): the line gives the reason, never "nan%"."""
+    from study.demo import _family_lines
+
+    withheld = _family_lines({}, "", None, "no law", converged={"fraction": float("nan"), "resamples": 1000,
+                                                               "withheld": "2 model sizes: alpha not identified"})
+    assert withheld[0] == "compute-optimal fit: no intervals (2 model sizes: alpha not identified)"
+    drawn = _family_lines({}, "", None, "no law", converged={"fraction": 0.995, "resamples": 1000, "withheld": ""})
+    assert drawn[0] == "compute-optimal fit: 99.5% of 1000 bootstrap refits converged"
