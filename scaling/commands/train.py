@@ -109,6 +109,17 @@ def train(
                                   'ViT: ViTRecipe), e.g. \'{"weight_decay": 0}\'.'),
     augment: str = typer.Option("{}", help='Training augmentation as JSON, e.g. \'{"crop_pad": 2, "flip": false}\' '
                                 "(default: pad-and-crop by R/8 + flip; docs/data.md)."),
+    parent_workdir: Optional[Path] = typer.Option(
+        None, help="Fine-tune: start from the final parameters of the finished run in this directory "
+        "(its model unless --model/--depth-mult/--width-mult is given; a fresh classifier for --dataset)."),
+    parent_trial_id: Optional[str] = typer.Option(
+        None, help="The parent's id, recorded with the fine-tune (default: the hash of the parent's identity)."),
+    trainable: str = typer.Option(_default("trainable"), help="Fine-tune: all, or classifier (the rest frozen)."),
+    keep_classifier: bool = typer.Option(False, help="Fine-tune: keep the parent's classifier (same classes; "
+                                         "[M21]'s full-resolution fine-tune of a low-resolution run)."),
+    sam_rho: float = typer.Option(_default("sam_rho"), help="Sharpness-aware steps of this radius (0: plain steps)."),
+    progressive: str = typer.Option("{}", help='Progressive resizing as JSON, e.g. \'{"stages": 4, '
+                                    '"min_resolution": 8}\', or just the number of stages (docs/training.md).'),
     tensorboard: bool = typer.Option(_default("tensorboard"),
                                      help="Also write TensorBoard event files (needs tensorboardX)."),
     data_workers: int = typer.Option(_default("data_workers"), help="Grain worker processes for the training data."),
@@ -143,14 +154,25 @@ def _train(o: SimpleNamespace, interrupted: InterruptFlag) -> None:
         aug = json.loads(o.augment)
     except json.JSONDecodeError:
         raise BadInput(f"augment: {o.augment!r} is not JSON; e.g. '{{\"crop_pad\": 2, \"flip\": false}}'") from None
+    prog = _progressive(o.progressive)
+    model, parent_id = o.model, o.parent_trial_id
+    if o.parent_workdir is not None:
+        from scaling.train.finetune import parent_identity
+
+        parent_cfg, default_id = parent_identity(o.parent_workdir)  # BadInput: not a run directory
+        parent_id = parent_id or default_id
+        if model is None and o.depth_mult is None and o.width_mult is None:  # the parent's own network
+            model, o.depth_mult, o.width_mult = parent_cfg.model, parent_cfg.depth_mult, parent_cfg.width_mult
     config = TrainConfig(
-        model=o.model, depth_mult=o.depth_mult, width_mult=o.width_mult, dataset=o.dataset,
+        model=model, depth_mult=o.depth_mult, width_mult=o.width_mult, dataset=o.dataset,
         epochs=o.epochs, budget=o.budget, unit=o.unit, lr=o.lr, batch_size=o.batch, resolution=o.resolution,
         eval_resolution=o.eval_resolution, seed=o.seed, optimizer=optim, eval_points=o.eval_points,
         checkpoint_every_steps=o.checkpoint_steps, checkpoint_every_minutes=o.checkpoint_minutes,
         workdir=str(o.workdir), compile_cache_dir=o.compile_cache or None, tensorboard=o.tensorboard,
         hardware=o.hardware, utilization=o.utilization, log_indices=o.log_indices,
         data_workers=o.data_workers, compute_dtype=o.compute_dtype, augment=aug,
+        parent_trial_id=parent_id, parent_workdir=None if o.parent_workdir is None else str(o.parent_workdir),
+        trainable=o.trainable, reset_classifier=not o.keep_classifier, sam_rho=o.sam_rho, progressive=prog,
     ).validate()
     init_distributed(auto=o.distributed)
     result = run_training(config, o.workdir, progress=not o.json_out, should_stop=interrupted)
@@ -162,6 +184,21 @@ def _train(o: SimpleNamespace, interrupted: InterruptFlag) -> None:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:
         typer.echo(_summary(result, o.workdir))
+
+
+def _progressive(text: str) -> dict:
+    """--progressive: a JSON table, or a bare number of stages (`--progressive 4`)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise BadInput(f"progressive: {text!r} is not JSON; e.g. '{{\"stages\": 4, \"min_resolution\": 8}}' "
+                       "or a number of stages") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return {"stages": value}
+    if not isinstance(value, dict):
+        raise BadInput(f"progressive: {text!r} is neither a JSON table nor a number of stages; "
+                       "e.g. '{\"stages\": 4}'")
+    return value
 
 
 def register(app: typer.Typer) -> None:

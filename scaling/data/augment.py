@@ -64,6 +64,15 @@ class AugmentConfig:
 
         return default_pad(resolution) if self.crop_pad is None else self.crop_pad
 
+    def at_strength(self, resolution: int, strength: float) -> "AugmentConfig":
+        """This augmentation at a fraction `strength` in [0, 1] of its strength at
+        `resolution`: the pad-and-crop margin scaled (rounded to whole pixels); the flip
+        has no magnitude and is kept. A progressive run's stage uses it
+        (scaling/train/progressive.py); strength 1 is the margin itself."""
+        if not (0.0 <= strength <= 1.0):
+            raise BadInput(f"augment strength: {strength!r} is not in [0, 1]")
+        return dataclasses.replace(self, crop_pad=round(self.pad(resolution) * strength))
+
     def is_identity(self) -> bool:
         """True when it changes no image (no crop, no flip)."""
         return self.crop_pad == 0 and not self.flip

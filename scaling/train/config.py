@@ -103,6 +103,9 @@ class TrainConfig:
     augment:     fields of scaling.data.augment.AugmentConfig for the TRAINING stream
                  (e.g. {"crop_pad": 4, "flip": True, "pad_mode": "zero"}); {} = pad-and-crop
                  by R/8 + flip. Held-out batches are never augmented.
+    progressive: progressive resizing over equal stages of one run ([T21]): {"stages": 4,
+                 "min_resolution": 8, "min_strength": 1/3}; image side, dropout and crop margin
+                 ramp up to the run's own by the last stage. {} = off (docs/training.md).
     """
 
     # Each field declares its role once (see `_f` and the role constants above); the
@@ -139,6 +142,9 @@ class TrainConfig:
     trainable: str = _f("all", IDENTITY, shape=True)  # "all" | "classifier" (the rest frozen)
     sam_rho: float = _f(0.0, IDENTITY, shape=True)  # SAM's ascent radius; 0 = plain steps
     reset_classifier: bool = _f(True, IDENTITY)  # False: keep the parent's (same task, e.g. [M21])
+    # Progressive resizing (scaling/train/progressive.py); {} = off, so every existing
+    # trial id and shape key is unchanged. Its stages are compiled shapes of their own.
+    progressive: dict = _f(dict, IDENTITY, shape=True)
 
     # ---- validation -------------------------------------------------------------
     def validate(self) -> "TrainConfig":
@@ -205,8 +211,10 @@ class TrainConfig:
         if self.parent_workdir is not None and self.parent_trial_id is None:
             raise BadInput("parent_workdir: given without parent_trial_id; name the parent run too")
         from scaling.data.augment import AugmentConfig
+        from scaling.train.progressive import Progressive
 
         AugmentConfig.from_dict(self.augment)  # typed: unknown keys, types, ranges
+        Progressive.from_dict(self.progressive, resolution=self.resolution)  # typed, below the resolution
         return self
 
     def _check_plain_types(self) -> None:

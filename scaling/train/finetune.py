@@ -75,6 +75,20 @@ def read_parent(config: TrainConfig) -> Parent:
     return Parent(parent, workdir, result)
 
 
+def parent_identity(workdir: Path | str) -> tuple[TrainConfig, str]:
+    """The config of the run in `workdir` and the hash of its identity (what `scaling
+    train --parent-workdir` records as the parent's id when none is given: it names the
+    parent's computation, wherever its files are). BadInput when no run is there."""
+    from scaling.train.config import identity_hash
+
+    workdir = Path(workdir).absolute()
+    if not config_path(workdir).exists():
+        raise BadInput(f"parent_workdir: {workdir} holds no run (no config.json); give the directory of a "
+                       "finished `scaling train` run")
+    parent = TrainConfig.from_json(config_path(workdir).read_text())
+    return parent, identity_hash(parent)
+
+
 def _leaves(tree: Any) -> dict[tuple[str, ...], Any]:
     return {_path_names(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 

@@ -3,7 +3,8 @@ checkpoint, and account for compute three ways (docs/units.md#three-records-per-
 
 The run directory and its files: scaling/train/workdir.py. The counters a checkpoint
 carries across a resume: scaling/train/counters.py. Compiled steps shared by the runs
-of a process: scaling/train/compiled.py.
+of a process: scaling/train/compiled.py. A progressive run's stages (their sides,
+programs and data streams): scaling/train/progressive.py and stage_data.py.
 
 Hot path: the host never waits for the step it just dispatched. It dispatches step s,
 then reads step s-1's metrics (one step of lag), so preparing batch s+1 overlaps the
@@ -33,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scaling.errors import BadInput
+from scaling.train import progressive
 from scaling.train.budget import plan_steps
 from scaling.train.compiled import compiled, step_key
 from scaling.train.config import TrainConfig, identity_hash
@@ -201,6 +203,23 @@ def final_params(config: TrainConfig, workdir: Path | str, *, name: str, result:
                           state_like=like, name=name)
 
 
+def _check_resolution_free(family, model_cfg, stages, channels: int, name: str | None) -> None:
+    """Progressive resizing trains one set of parameters at every stage's side: refuse a
+    network whose parameter shapes depend on the input side (a ViT's position
+    embedding), traced (no compilation) before anything is written."""
+    model = family.load("module")(model_cfg)
+
+    def shapes(resolution: int):
+        dummy = jax.ShapeDtypeStruct((1, resolution, resolution, channels), jnp.float32)
+        tree = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), dummy)
+        return jax.tree.map(lambda x: tuple(x.shape), tree["params"])
+
+    if shapes(stages[0].resolution) != shapes(stages[-1].resolution):
+        raise BadInput(f"progressive: model {name or family.name}'s parameters depend on the input side (e.g. a "
+                       "position embedding), so it cannot change resolution within a run; use a convolutional "
+                       "model or leave progressive out")
+
+
 def eval_steps(total_steps: int, points: int) -> set[int]:
     """`points` evaluations evenly spaced inside the run, plus the final step."""
     steps = {round(total_steps * k / (points + 1)) for k in range(1, points + 1)}
@@ -268,11 +287,16 @@ class _Run:
         self.resolution = built.resolution
         self.eval_resolution = config.eval_resolution or self.resolution
         self.counts = registry.count(self.model_cfg, self.resolution, channels=self.dataset.channels)
+        # Progressive resizing (scaling/train/progressive.py): a budget buys steps at the
+        # stages' mean cost; off, the plan is the single stage at the run's resolution.
+        self.progressive = progressive.Progressive.from_dict(config.progressive, resolution=self.resolution)
+        per_example = progressive.mean_train_flops(self.progressive, self.resolution, self.train_flops_at)
         self.plan = plan_steps(epochs=config.epochs, budget=config.budget, unit=config.unit,
                                utilization=config.utilization, batch_size=config.batch_size,
                                train_size=self.dataset.train_size,
-                               train_flops_per_example=self.counts.train_flops)
+                               train_flops_per_example=per_example)
         self.total_steps = self.plan.total_steps
+        self.stages = progressive.plan(self.progressive, total_steps=self.total_steps, resolution=self.resolution)
         self.num_devices = jax.device_count()
         if config.batch_size % self.num_devices:
             raise BadInput(f"batch_size: {config.batch_size} is not divisible by the "
@@ -292,6 +316,8 @@ class _Run:
                                           channels=self.dataset.channels)
         if config.parent_trial_id is not None:
             params = _start_params(config, params, rep)
+        if self.progressive is not None:
+            _check_resolution_free(self.family, self.model_cfg, self.stages, self.dataset.channels, config.model)
         # Claimed only now: a config refused above (a bad parent) leaves no workdir.
         claim_workdir(config, workdir, create=self.lead)
         if jax.process_count() > 1:  # everyone sees the workdir process 0 created
@@ -300,10 +326,19 @@ class _Run:
             multihost_utils.sync_global_devices("scaling-train-workdir")
         from scaling.train.finetune import frozen_mask
 
-        self.make_train_step = functools.partial(
-            step_mod.make_train_step, model, recipe,
-            label_smoothing=self.optim_cfg.label_smoothing, mesh=self.mesh, sam=config.sam_rho > 0,
-            frozen=frozen_mask(params, config.trainable))
+        frozen = frozen_mask(params, config.trainable)
+        # One train program per stage (its dropout; its resolution enters through the
+        # batch's shape): (factory, compile key) by stage index.
+        self.stage_steps = {}
+        for st in self.stages:
+            cfg_k = progressive.stage_model(self.model_cfg, st.strength)
+            model_k = model if cfg_k is self.model_cfg else self.family.load("module")(cfg_k, dtype=config.compute_dtype)
+            self.stage_steps[st.index] = (
+                functools.partial(step_mod.make_train_step, model_k, recipe,
+                                  label_smoothing=self.optim_cfg.label_smoothing, mesh=self.mesh,
+                                  sam=config.sam_rho > 0, frozen=frozen),
+                self.compile_key if cfg_k is self.model_cfg
+                else step_key(config, cfg_k, self.optim_cfg, self.mesh.devices.flat))
         self.make_eval_step = functools.partial(step_mod.make_eval_step, model, mesh=self.mesh)
         state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.int32(0)}
         self.state = jax.tree.map(lambda x: _put_replicated(np.asarray(x), rep), state)
@@ -311,12 +346,24 @@ class _Run:
                                     warmup_steps=self.optim_cfg.warmup_steps(self.total_steps),
                                     total_steps=self.total_steps, seed=config.seed)
         self.hyper = jax.tree.map(lambda x: _put_replicated(np.asarray(x), rep), hyper)
-        self.iterator = train_iterator(self.dataset, global_batch_size=config.batch_size,
-                                       seed=config.seed, resolution=self.resolution,
-                                       process_index=jax.process_index(),
-                                       process_count=jax.process_count(),
-                                       worker_count=config.data_workers,
-                                       augment=config.augment)
+
+        def stream(resolution: int, augment):
+            return train_iterator(self.dataset, global_batch_size=config.batch_size,
+                                  seed=config.seed, resolution=resolution,
+                                  process_index=jax.process_index(),
+                                  process_count=jax.process_count(),
+                                  worker_count=config.data_workers,
+                                  augment=augment)
+
+        if self.progressive is None:
+            self.iterator = stream(self.resolution, config.augment)
+        else:
+            from scaling.data.augment import AugmentConfig
+            from scaling.train.stage_data import StagedIterator
+
+            aug = AugmentConfig.from_dict(config.augment)
+            self.iterator = StagedIterator(
+                self.stages, lambda st: stream(st.resolution, aug.at_strength(st.resolution, st.strength)))
 
         # ---- progress: counters (restored by resume()), step clock, the lag, outcome
         self.counters = RunCounters()
@@ -406,8 +453,8 @@ class _Run:
         if self.config.log_indices:
             append_jsonl(self.index_log, {"step": step, "index": np.asarray(local["index"]).tolist()})
         batch = step_mod.global_batch({"image": local["image"], "label": local["label"]}, self.mesh)
-        train_step, seconds = compiled("train", self.make_train_step, self.compile_key,
-                                       self.state, batch, self.hyper)
+        make, key = self.stage_steps[progressive.stage_of(self.stages, step).index]
+        train_step, seconds = compiled("train", make, key, self.state, batch, self.hyper)
         self.counters.compile_seconds += seconds
         self.clock.exclude(seconds)
         if seconds:
@@ -458,6 +505,14 @@ class _Run:
             self.tb.close()
 
     # ---- small pieces -------------------------------------------------------------
+    def train_flops_at(self, resolution: int) -> float:
+        """Analytic training FLOPs per example of this run's network at `resolution`."""
+        from scaling.models import registry
+
+        if resolution == self.resolution:
+            return float(self.counts.train_flops)
+        return float(registry.count(self.model_cfg, resolution, channels=self.dataset.channels).train_flops)
+
     should_stop: Callable[[], bool] | None = None  # set by run_training
 
     def check_stop(self) -> None:
@@ -525,7 +580,11 @@ class _Run:
 
         cfg, counters = self.config, self.counters
         examples = counters.examples_seen
-        train_flops = float(self.counts.train_flops) * examples
+        if self.progressive is None:
+            train_flops = float(self.counts.train_flops) * examples
+        else:  # each stage's steps at its own resolution
+            train_flops = progressive.train_flops(self.stages, examples // cfg.batch_size, cfg.batch_size,
+                                                  self.train_flops_at)
         measured_unit = measured_unit_for(self.hardware)
         unit = cfg.unit and units.parse_unit(cfg.unit)
         unit = unit.name if unit and unit.is_hours else measured_unit
