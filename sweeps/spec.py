@@ -716,12 +716,13 @@ def _expand_model(spec: SweepSpec, group: SweepGroup, ref: ModelRef) -> list[Tri
         epoch_list = list(group.epochs)
     else:
         epoch_list = []
+        per_example = _train_flops_per_example(spec, ref, base_config(spec, info, ref, group), info)
         for budget in group.budgets:
             flops = budget_to_flops(spec, budget, group.budget_unit)
-            epochs = flops / (info.train_flops_per_example * spec.train_examples)
+            epochs = flops / (per_example * spec.train_examples)
             steps = epochs * spec.train_examples / spec.batch_size
             if steps < 1:
-                need = info.train_flops_per_example * spec.batch_size
+                need = per_example * spec.batch_size
                 raise BadInput(
                     f"{group.where}budgets: {budget:g} {group.budget_unit} buys {steps:.3g} steps of {info.name} "
                     f"(one step costs {need:.3g} FLOPs); raise the budget or drop the model")
@@ -737,16 +738,30 @@ def _expand_model(spec: SweepSpec, group: SweepGroup, ref: ModelRef) -> list[Tri
     return trials
 
 
+def _train_flops_per_example(spec: SweepSpec, ref: ModelRef, config: dict, info: ModelInfo) -> float:
+    """Training FLOPs per example of a trial: at the spec's resolution, or, for a
+    progressive-resizing recipe, averaged over its stages' sides as the trainer spends
+    them (scaling/train/progressive.py), so an IsoFLOP budget buys what it says."""
+    from scaling.train import progressive
+
+    prog = progressive.Progressive.from_dict(config.get("progressive") or {}, resolution=spec.resolution)
+    if prog is None:
+        return info.train_flops_per_example
+    return progressive.mean_train_flops(prog, spec.resolution, lambda side: describe_model(
+        ref, num_classes=spec.num_classes, resolution=side, channels=spec.channels).train_flops_per_example)
+
+
 def total_train_flops(spec: SweepSpec, trials: list[Trial]) -> float | None:
     """Analytic training FLOPs of the whole grid (3 x forward x examples), if the size is known."""
     n = spec.train_examples
     if n is None:
         return None
-    per_model: dict[str, ModelInfo] = {}
+    per_model: dict[str, float] = {}
     total = 0.0
     for t in trials:
-        key = shape_key(t.config)
+        key = canonical_json([shape_key(t.config), t.config.get("progressive") or {}])
         if key not in per_model:
-            per_model[key] = _model_info(spec, ModelRef(name=t.config["model"]))
-        total += per_model[key].train_flops_per_example * t.config["epochs"] * n
+            ref = ModelRef(name=t.config["model"])
+            per_model[key] = _train_flops_per_example(spec, ref, t.config, _model_info(spec, ref))
+        total += per_model[key] * t.config["epochs"] * n
     return total

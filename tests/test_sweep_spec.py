@@ -102,6 +102,25 @@ def test_isoflop_budgets_become_the_epochs_that_spend_them():
     assert epochs[small][0] > epochs[big][0]  # a smaller model gets more epochs for the same FLOPs
 
 
+def test_isoflop_budgets_of_a_progressive_recipe_are_spent_at_its_stages_mean_cost():
+    """Progressive resizing trains early stages at smaller sides: the epochs that spend a
+    budget are those at the stages' mean cost, as the trainer counts them, not at the
+    full-resolution cost (which would leave the budget partly unspent)."""
+    from scaling.models import registry
+    from scaling.train import progressive
+
+    iso = {"budgets": [1e12], "unit": "flops", "lr": [0.1], "depth_mults": [0.25], "width_mults": [0.0625]}
+    base = dict(grid=None, train_examples=1000, dataset="procedural:classes=10,train_size=1000", isoflop=iso)
+    fixed, = expand(parse_spec(spec(**base)))
+    prog, = expand(parse_spec(spec(**base, recipe={"progressive": {"stages": 3, "min_resolution": 8}})))
+    cfg = registry.get_config(prog.config["model"], num_classes=10)
+    per_side = {r: registry.count(cfg, r).train_flops for r in (8, 12, 16)}
+    mean = progressive.mean_train_flops(progressive.Progressive(stages=3, min_resolution=8), 16, per_side.__getitem__)
+    assert mean == pytest.approx(sum(per_side.values()) / 3) and mean < per_side[16]
+    assert prog.config["epochs"] * 1000 * mean == pytest.approx(1e12, rel=1e-5)
+    assert prog.config["epochs"] > fixed.config["epochs"]
+
+
 def test_paper_spec_is_the_published_grid():
     s = load_spec("paper")
     trials = expand(s)
