@@ -181,6 +181,9 @@ def optimal_figure(a: Analysis, per_unit: float, unit: str):
     return fig
 
 
+MINIMA_MARGIN = 3.0  # the IsoFLOP axis: the drawn sizes x/÷ 3 (a display choice, not a fit)
+
+
 def isoflop_figure(a: Analysis, per_unit: float, unit: str):
     """[H22] Approach 2 view: loss vs params per compute bin, each bin's own parabola through
     its own points (bins with >= 3 sizes only), its minimum marked with its interval, and
@@ -194,6 +197,11 @@ def isoflop_figure(a: Analysis, per_unit: float, unit: str):
     pts["bin"] = np.floor(np.log10(pts["train_flops"]) / 0.5).astype(int)  # as chinchilla.isoflop_profiles
     drawn = iso[iso["drawn"]].reset_index(drop=True)
     cmap = plt.get_cmap("plasma")
+    in_bins = pts[pts["bin"].isin(drawn["bin"])]
+    # The axis spans the drawn bins' sizes (x/÷ MINIMA_MARGIN): a minimum or interval end
+    # beyond it is drawn at the edge as an arrow, so one flat parabola (its vertex and
+    # interval decades away) cannot squash every bin into a line.
+    x_lo, x_hi = in_bins["params"].min() / MINIMA_MARGIN, in_bins["params"].max() * MINIMA_MARGIN
     shown = []
     for i, row in enumerate(drawn.itertuples()):
         color = cmap(i / max(1, len(drawn) - 1) * 0.85)
@@ -201,16 +209,30 @@ def isoflop_figure(a: Analysis, per_unit: float, unit: str):
         shown.append(g)
         ax.plot(g["params"], g["heldout_loss"], "o", color=color, ms=5)
         x = np.linspace(np.log(g["params"].min()) - 0.2, np.log(g["params"].max()) + 0.2, 100)
-        ax.plot(np.exp(x), row.c2 * x ** 2 + row.c1 * x + row.c0, "-", color=color, lw=1,
-                label=f"C ~ {row.compute / per_unit:.3g} {unit}")
-        if np.isfinite(row.n_parabola):
-            v = np.log(row.n_parabola)
+        label = f"C ~ {row.compute / per_unit:.3g} {unit}"
+        if row.c2 <= 0:  # curves down: a maximum or a line, no minimum to mark
+            label += "; curves down: no minimum"
+        elif np.isfinite(row.n_parabola):
+            v = np.log(np.clip(row.n_parabola, x_lo, x_hi))
             y_min = row.c2 * v ** 2 + row.c1 * v + row.c0
             lo, hi = row.n_parabola_lo, row.n_parabola_hi
-            err = [[row.n_parabola - lo], [hi - row.n_parabola]] if np.isfinite(lo) and np.isfinite(hi) else None
-            ax.errorbar([row.n_parabola], [y_min], xerr=err, fmt="D", color=color, ms=6, capsize=3, lw=1)
-        if np.isfinite(row.n_approach3):
+            if np.isfinite(lo) and np.isfinite(hi):
+                shown_lo, shown_hi = max(lo, x_lo), min(hi, x_hi)
+                ax.plot([shown_lo, shown_hi], [y_min, y_min], "-", color=color, lw=1)
+                for end, edge, marker in ((lo, x_lo, "<"), (hi, x_hi, ">")):
+                    beyond = end < x_lo if marker == "<" else end > x_hi
+                    ax.plot([edge if beyond else end], [y_min], marker if beyond else "|", color=color, ms=7)
+                wild = lo < x_lo / MINIMA_MARGIN ** 4 or hi > x_hi * MINIMA_MARGIN ** 4
+                label += "; min N: interval unbounded" if wild else f"; min N in [{lo:.2g}, {hi:.2g}]"
+            inside = x_lo <= row.n_parabola <= x_hi
+            ax.plot([np.exp(v)], [y_min], "D" if inside else ("<" if row.n_parabola < x_lo else ">"),
+                    color=color, ms=6)
+            if not inside:
+                label += f" (vertex {row.n_parabola:.2g}, off the axis)"
+        ax.plot(np.exp(x), row.c2 * x ** 2 + row.c1 * x + row.c0, "-", color=color, lw=1, label=label)
+        if np.isfinite(row.n_approach3) and x_lo <= row.n_approach3 <= x_hi:
             ax.axvline(row.n_approach3, color=color, ls=":", lw=0.8)
+    ax.set_xlim(x_lo, x_hi)
     both = pd.concat(shown)
     lo, hi = both["heldout_loss"].min(), both["heldout_loss"].max()
     ax.set_ylim(lo - 0.15 * (hi - lo + 1e-9), hi + 0.3 * (hi - lo + 1e-9))

@@ -244,6 +244,29 @@ def test_isoflop_parabolas_go_through_their_own_bins_points():
             assert row.n_parabola_lo <= row.n_parabola <= row.n_parabola_hi
 
 
+def test_an_unbounded_or_missing_minimum_cannot_stretch_the_isoflop_axis():
+    """A nearly flat bin's vertex interval can span 1e-81..1e90 params (the demo's did):
+    the axis stays on the drawn sizes, the legend says "unbounded", and a bin that curves
+    down says it has no minimum."""
+    from types import SimpleNamespace
+
+    from analysis import plots
+
+    pts = pd.DataFrame({"train_flops": [1.0e10] * 3 + [5.0e10] * 3, "params": [3e4, 1e5, 3e5] * 2,
+                        "heldout_loss": [1.8, 2.0, 2.0, 1.25, 1.45, 1.8]})
+    iso = pd.DataFrame([
+        dict(bin=20, compute=1e10, drawn=True, c2=-0.05, c1=1.0, c0=-3.0, n_parabola=np.nan,
+             n_parabola_lo=np.nan, n_parabola_hi=np.nan, n_approach3=5e4),
+        dict(bin=21, compute=5e10, drawn=True, c2=0.06, c1=-1.3, c0=8.2, n_parabola=5.5e4,
+             n_parabola_lo=1.2e-81, n_parabola_hi=2.4e90, n_approach3=8e4)])
+    fig = plots.isoflop_figure(SimpleNamespace(isoflop=iso, opt=pts), 1.0, "flops")
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    assert lo == pytest.approx(3e4 / plots.MINIMA_MARGIN) and hi == pytest.approx(3e5 * plots.MINIMA_MARGIN)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "curves down: no minimum" in labels[0] and "interval unbounded" in labels[1]
+
+
 def test_no_isoflop_design_is_said_not_drawn():
     from analysis import plots
 
