@@ -52,6 +52,12 @@ def fit_flops_relation(opt: pd.DataFrame) -> FlopsRelation:
     if models["params"].nunique() < 2:
         raise ValueError("FLOPs-per-example vs params needs at least 2 models of different size")
     gamma, logc = np.polyfit(np.log(models["params"]), np.log(models["flops_per_example"]), 1)
+    if not gamma > 0:
+        # Shapes varied at about one size (a deeper model with fewer params costs more):
+        # compute then buys no definite N, so N_opt(C) has no meaning for these runs.
+        raise ValueError(f"FLOPs per example do not grow with params across these {len(models)} models "
+                         f"(fitted exponent {gamma:.2g}); Approach 3 needs a ladder of sizes, not only shapes "
+                         "at one size")
     return FlopsRelation(float(np.exp(logc)), float(gamma), len(models))
 
 
@@ -99,10 +105,16 @@ class ChinchillaFit:
 
     def _optimal(self, compute, p):
         g = self.flops.gamma
-        denom = p["alpha"] + g * p["beta"]
-        coef = (p["alpha"] * p["A"] / (g * p["beta"] * p["B"])) ** (1.0 / denom)
-        n_opt = coef * (compute / (3.0 * self.flops.c)) ** (p["beta"] / denom)
+        alpha, beta = np.asarray(p["alpha"], float), np.asarray(p["beta"], float)
+        denom = alpha + g * beta
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            # a resample with alpha or beta <= 0 has no optimum: NaN (left out of intervals), never complex
+            ratio = np.where((alpha > 0) & (beta > 0), alpha * p["A"] / (g * beta * p["B"]), np.nan)
+            coef = ratio ** (1.0 / denom)
+            n_opt = coef * (compute / (3.0 * self.flops.c)) ** (beta / denom)
         d_opt = compute / (3.0 * self.flops(n_opt))
+        if np.ndim(n_opt) == 0:  # a point estimate: plain floats for the callers' formatting
+            return float(n_opt), float(d_opt)
         return n_opt, d_opt
 
     def optimal(self, compute):
@@ -158,7 +170,8 @@ class ChinchillaFit:
 # fit its smallest model with a term that vanishes everywhere else (alpha -> inf with
 # A -> inf, measured: alpha 12-16, log A 220-280); the data cannot tell 4 from infinity
 # there, and published exponents are 0.05-0.8 ([H22], [E24]; docs/references.md#fitting-scaling-laws),
-# so 4 is no constraint on a law the data identify. The point fit is not bounded.
+# so 4 is no constraint on a law the data identify. A POINT fit beyond 4 is refused
+# (fit_approach3): its refits would not move and its intervals would be zero-width.
 EXPONENT_MAX = 4.0
 REFIT_UPPER = np.array([np.inf, np.inf, np.inf, EXPONENT_MAX, EXPONENT_MAX])  # (a, b, e, alpha, beta)
 
@@ -198,6 +211,22 @@ def fit_approach3(opt: pd.DataFrame, resamples: int = 1000, seed: int = 0, level
     y = np.log(pts["heldout_loss"].to_numpy(float))
     designs = _designs(log_n, log_d)
     point = fitting.fit_multistart(starts, designs, y, polish=polish)
+    alpha, beta = point.theta[3], point.theta[4]
+    if max(alpha, beta) > EXPONENT_MAX:
+        # The term vanishes past the smallest size (or data count): a step, not a power law;
+        # refits started there do not move, so intervals would be zero-width, not honest.
+        which = "alpha" if alpha > EXPONENT_MAX else "beta"
+        raise ValueError(f"the fit has {which} = {max(alpha, beta):.3g} > {EXPONENT_MAX:g}: its "
+                         f"{'params' if which == 'alpha' else 'data'} term is a step at the smallest "
+                         f"{'model' if which == 'alpha' else 'budget'}, not a power law the runs identify; "
+                         "add sizes or budgets where the loss still falls")
+    if not (alpha > 0 and beta > 0):
+        # Loss not falling with params (or data) over these runs: no compute-optimal
+        # split exists (N_opt would be complex), e.g. shapes swept at about one size.
+        raise ValueError(f"the fit has alpha = {alpha:.2g}, beta = {beta:.2g}: the loss does not fall with "
+                         f"{'params' if alpha <= 0 else 'data'} over these runs ({pts['params'].nunique()} sizes spanning "
+                         f"x{pts['params'].max() / pts['params'].min():.2g}), so there is no compute-optimal N; "
+                         "sweep a ladder of sizes")
     u = np.einsum("jnp,p->jn", designs, point.theta)
     r2 = fitting.r_squared(y, np.logaddexp.reduce(u, axis=0))
     rng = np.random.default_rng(seed)

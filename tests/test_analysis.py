@@ -151,6 +151,32 @@ def test_optimum_uses_convnet_flops_not_6nd(analysis):
     assert np.isclose(3 * fit.flops(n_opt) * d_opt, budget)
 
 
+def test_approach3_refuses_a_law_whose_loss_does_not_fall_with_params():
+    """Shapes at about one size (the first `shape` spec) fitted alpha < 0: N_opt came out
+    complex and crashed the IsoFLOP profile. Now: a one-line reason, no fit; and a
+    resample with alpha <= 0 gives NaN (left out of intervals), never a complex number."""
+    opt = synthetic.make_optima(noise=0.0, seed=1)
+    flat = opt.assign(heldout_loss=2.0 + 30.0 / opt["examples_seen"] ** 0.3 + 1e-3 * np.log(opt["params"]))
+    with pytest.raises(ValueError, match=r"alpha = -?[0-9.e-]+.*no compute-optimal N; sweep a ladder of sizes"):
+        chinchilla.fit_approach3(flat, resamples=0)
+    fit = chinchilla.fit_approach3(opt, resamples=0)
+    bad = dict(fit.samples, alpha=np.array([-0.02, fit.params["alpha"]]), beta=np.array([0.7, fit.params["beta"]]),
+               A=np.array([fit.params["A"]] * 2), B=np.array([fit.params["B"]] * 2))
+    n_opt, _ = fit._optimal(np.asarray(1e15), bad)
+    assert np.isnan(n_opt[0]) and np.isfinite(n_opt[1]) and not np.iscomplexobj(n_opt)
+    assert isinstance(fit.optimal(1e15)[0], float)
+
+
+def test_approach3_refuses_a_point_fit_whose_exponent_is_a_step():
+    """The grown `shape` spec's first fit: alpha = 25.7 with A = 1e114 (the N term a cliff at
+    the smallest model); its refits did not move, so every interval was zero-width."""
+    opt = synthetic.make_optima(noise=0.0, seed=1)
+    small = opt["params"] == opt["params"].min()
+    cliff = opt.assign(heldout_loss=2.0 + 30.0 / opt["examples_seen"] ** 0.3 + np.where(small, 0.5, 0.0))
+    with pytest.raises(ValueError, match=r"alpha = [0-9.e+]+ > 4: its params term is a step"):
+        chinchilla.fit_approach3(cliff, resamples=0)
+
+
 def test_approach3_backtest(analysis):
     bt = analysis.backtest[analysis.backtest["form"] == "approach3"]
     assert list(bt["held_out"]) == [1, 2, 3]
