@@ -342,7 +342,7 @@ def comparison_figure(a: Analysis, per_unit: float, unit: str):
                     label=f"{name}: {LAW_STYLE[form][2]}, b = {law.params['b']:.3f}")
     many = len(subs) > 2  # a line per pair no longer says which pair: markers instead
     if many:
-        _mark_crossings(ax, a.crossovers, subs, colors, per_unit, unit)
+        _mark_crossings(ax, a.crossovers, subs, form, colors, per_unit, unit)
     for x in () if many else a.crossovers:
         pair = " / ".join(x.families)
         if x.flops is None:
@@ -369,26 +369,43 @@ def comparison_figure(a: Analysis, per_unit: float, unit: str):
     return fig
 
 
-def _mark_crossings(ax, crossovers, subs, colors, per_unit: float, unit: str):
+def _drawn_crossing(x, form: str) -> tuple:
+    """(flops, interval, ahead_below) of a pair's crossing for the law form the figure
+    draws: the pair's own preferred form may differ (a family without the offset law makes
+    the figure draw power laws for all), and a marker must sit where the DRAWN curves meet."""
+    if x.law == form:
+        return x.flops, x.interval, x.ahead_below
+    other = x.by_law.get(form)
+    if other is None:
+        return None, None, x.ahead_below
+    return other["flops"], tuple(other["interval"]) if other["interval"] else None, other["ahead_below"]
+
+
+def _mark_crossings(ax, crossovers, subs, form, colors, per_unit: float, unit: str):
     """Three or more families: one vertical line per pair would not say which pair it is,
-    so each crossing is a numbered marker ON the two laws (face: the first family's colour,
-    edge: the second's) with its bootstrap interval as a horizontal bar, and the legend
-    names the pair; pairs that do not cross are listed with the family that is ahead."""
-    for i, x in enumerate(c for c in crossovers if c.flops is not None):
+    so each crossing of the drawn laws is a numbered marker ON them (face: the first
+    family's colour, edge: the second's) with its bootstrap interval as a horizontal bar,
+    and the legend names the pair; pairs whose drawn laws do not cross are listed with the
+    family that is ahead."""
+    drawn = [(x, *_drawn_crossing(x, form)) for x in crossovers]
+    for i, (x, flops, interval, _) in enumerate(d for d in drawn if d[1] is not None):
         a, b = x.families
-        loss = float(subs[a].laws[x.law].predict(np.array([x.flops]))[0])  # the law it was found with
-        if x.interval:
-            ax.plot([x.interval[0] / per_unit, x.interval[1] / per_unit], [loss, loss], color="0.35", lw=1.2,
+        loss = float(subs[a].laws[form].predict(np.array([flops]))[0])
+        if interval:
+            ax.plot([interval[0] / per_unit, interval[1] / per_unit], [loss, loss], color="0.35", lw=1.2,
                     alpha=0.8, zorder=4)
-        ax.plot(x.flops / per_unit, loss, "D", ms=9, mfc=colors[a], mec=colors[b], mew=2.5, zorder=5,
-                label=f"[{i + 1}] {a} / {b} cross at {x.flops / per_unit:.3g} {unit}"
-                      + (f" ({x.level:.0%}: {x.interval[0] / per_unit:.3g}..{x.interval[1] / per_unit:.3g})"
-                         if x.interval else ""))
-        ax.annotate(str(i + 1), (x.flops / per_unit, loss), xytext=(6, 6), textcoords="offset points",
+        ax.plot(flops / per_unit, loss, "D", ms=9, mfc=colors[a], mec=colors[b], mew=2.5, zorder=5,
+                label=f"[{i + 1}] {a} / {b} cross at {flops / per_unit:.3g} {unit}"
+                      + (f" ({x.level:.0%}: {interval[0] / per_unit:.3g}..{interval[1] / per_unit:.3g})"
+                         if interval else ""))
+        ax.annotate(str(i + 1), (flops / per_unit, loss), xytext=(6, 6), textcoords="offset points",
                     fontsize=8, fontweight="bold", zorder=6)
-    for x in crossovers:
-        if x.flops is None:
-            ax.plot([], [], " ", label=f"{' / '.join(x.families)}: no crossing in range ({x.ahead_below} ahead)")
+    for x, flops, _, ahead in drawn:
+        if flops is None:
+            ax.plot([], [], " ", label=f"{' / '.join(x.families)}: no crossing in range ({ahead} ahead)")
+    if any(x.law != form for x in crossovers):
+        ax.plot([], [], " ", label=f"(crossings of the drawn {LAW_STYLE[form][2]} laws; the crossover table "
+                                   "uses each pair's own preferred law)")
 
 
 def _plain_y(ax):

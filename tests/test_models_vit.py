@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from resume_helpers import four_devices_match, sigkill_then_resume
 
 from scaling.errors import BadInput
 from scaling.models import registry
@@ -390,16 +387,6 @@ def _cli(workdir: Path, **extra: str) -> list[str]:
     return args
 
 
-def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_PROCESSES")}
-    env.update(extra)
-    return env
-
-
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def vit_reference(tmp_path_factory):
     from scaling.train import run_training
@@ -432,46 +419,10 @@ def test_an_nfnet_optimizer_table_is_refused_for_a_vit():
 def test_vit_sigkill_at_random_points_then_resume_is_exact(vit_reference, tmp_path):
     ref, _ = vit_reference
     workdir = tmp_path / "killed"
-    rng = random.Random(7)
-    kills, last = 0, 0
-    for _ in range(3):
-        proc = subprocess.Popen(_cli(workdir, checkpoint_steps="2"), cwd=REPO, env=_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        target = last + rng.randint(1, 4)
-        deadline = time.monotonic() + 240
-        while proc.poll() is None and time.monotonic() < deadline:
-            metrics = workdir / "metrics.jsonl"
-            steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()
-                     if x.strip().endswith("}")] if metrics.exists() else []
-            if steps and steps[-1] >= target:
-                time.sleep(rng.uniform(0, 0.3))
-                break
-            time.sleep(0.02)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-        last = target
-    assert kills >= 2, "the run finished before it could be killed; make it longer"
-    out = subprocess.run(_cli(workdir), cwd=REPO, env=_env(), capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout)
-    assert result["fingerprint"] == ref.fingerprint  # bitwise: params, Adam state, step
-    assert result["heldout_loss"] == ref.heldout_loss and result["family"] == "vit"
-    assert [r["step"] for r in _rows(workdir / "metrics.jsonl")] == list(range(1, 17))
+    result = sigkill_then_resume(lambda **extra: _cli(workdir, **extra), workdir, ref, steps=16)
+    assert result["family"] == "vit"  # the bitwise resume (params, Adam state, step) is the helper's check
 
 
 @pytest.mark.slow  # compiles the 4-device program
 def test_vit_on_four_simulated_devices_matches_one(vit_reference, tmp_path):
-    ref, ref_dir = vit_reference
-    code = ("import json, sys; from scaling.train import TrainConfig, run_training; "
-            "r = run_training(TrainConfig.from_json(sys.argv[1]), sys.argv[2]); print(json.dumps(r.to_dict()))")
-    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    out = subprocess.run([sys.executable, "-c", code, _config().to_json(), str(tmp_path)], cwd=REPO,
-                         env=env, capture_output=True, text=True, timeout=400)
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.splitlines()[-1])
-    assert result["num_devices"] == 4
-    assert result["heldout_loss"] == pytest.approx(ref.heldout_loss, rel=1e-4)
-    losses = [r["train_loss"] for r in _rows(tmp_path / "metrics.jsonl")]
-    assert losses == pytest.approx([r["train_loss"] for r in _rows(ref_dir / "metrics.jsonl")], rel=1e-4)
+    four_devices_match(_config(), *vit_reference, tmp_path, timeout=400)

@@ -9,17 +9,13 @@ images, so one compilation (kept in the shared test cache) serves every run.
 from __future__ import annotations
 
 import json
-import random
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-
+from resume_helpers import read_jsonl, sigkill_then_resume
 from test_data_fashion import write_fixture
-from test_train_run import CACHE, REPO, clean_env, read_jsonl
+from test_train_run import CACHE
 
 from scaling.train import TrainConfig, run_training
 
@@ -93,33 +89,6 @@ def test_augmentation_changes_the_run_and_the_config_is_bound_to_it(dataset, ref
 def test_augmented_run_killed_at_random_points_resumes_bitwise(dataset, reference, tmp_path):
     ref, _ = reference
     workdir = tmp_path / "killed"
-    rng = random.Random(7)
-    kills, last = 0, 0
-    for _ in range(3):
-        proc = subprocess.Popen(cli_args(dataset, workdir, checkpoint_steps="2"), cwd=REPO, env=clean_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        target = last + rng.randint(1, 4)
-        deadline = time.monotonic() + 240
-        while proc.poll() is None and time.monotonic() < deadline:
-            metrics = workdir / "metrics.jsonl"
-            steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()
-                     if x.strip().endswith("}")] if metrics.exists() else []
-            if steps and steps[-1] >= target:
-                time.sleep(rng.uniform(0, 0.3))
-                break
-            time.sleep(0.02)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-        last = target
-    assert kills >= 2, "the run finished before it could be killed; make it longer"
-    assert not (workdir / "result.json").exists()
-    out = subprocess.run(cli_args(dataset, workdir), cwd=REPO, env=clean_env(), capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout)
-    assert result["fingerprint"] == ref.fingerprint  # bitwise: params, optimizer state, step
-    assert result["heldout_loss"] == ref.heldout_loss
-    assert result["examples_seen"] == ref.examples_seen
+    result = sigkill_then_resume(lambda **extra: cli_args(dataset, workdir, **extra), workdir, ref, steps=STEPS)
+    assert result["examples_seen"] == ref.examples_seen  # params, optimizer state, step: the helper's check
     assert_each_example_once_per_epoch(workdir)
-    assert [r["step"] for r in read_jsonl(workdir / "metrics.jsonl")] == list(range(1, STEPS + 1))
