@@ -172,6 +172,25 @@ def learning_rate(step, *, peak_lr, warmup_steps, total_steps) -> jnp.ndarray:
     return jnp.asarray(peak_lr, jnp.float32) * jnp.where(step < warmup, warm, cosine)
 
 
+def schedule(decay: str) -> Callable:
+    """The learning-rate schedule a recipe names: warmup from 0, then "cosine" (the NFNet
+    schedule above) or "linear" decay to 0 at total_steps; the same step convention and
+    traced arguments, so one compilation serves every LR and run length. Shared by the
+    ViT, CoAtNet and MBConv recipes."""
+    if decay == "cosine":
+        return learning_rate
+
+    def linear(step, *, peak_lr, warmup_steps, total_steps):
+        step = jnp.asarray(step, jnp.float32)
+        warmup = jnp.asarray(warmup_steps, jnp.float32)
+        total = jnp.asarray(total_steps, jnp.float32)
+        warm = step / jnp.maximum(warmup, 1.0)
+        progress = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
+        return jnp.asarray(peak_lr, jnp.float32) * jnp.where(step < warmup, warm, 1.0 - progress)
+
+    return linear
+
+
 def apply_updates(params, direction, lr) -> Any:
     """params - lr * direction (SGD's descent step), keeping each leaf's dtype."""
     return jax.tree.map(lambda p, d: (p - lr * d).astype(p.dtype), params, direction)

@@ -46,6 +46,7 @@ from jax import lax
 
 from scaling.models.coatnet_config import CoAtNetConfig, CoAtNetRecipe
 from scaling.models.coatnet_counts import mbconv_mid
+from scaling.models import layers
 from scaling.models.layers import _dense as dense_small_map
 from scaling.models.layers import conv2d
 
@@ -73,21 +74,6 @@ def resolve_impl(impl: str) -> str:
 # ------------------------------------------------------------------------- kernels
 
 
-def depthwise_taps(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
-    """SAME depthwise kxk conv as k*k shifted (strided) slices times per-channel taps."""
-    kh, kw, _, c = w.shape
-    b, h, wd, _ = x.shape
-    pads = lax.padtype_to_pads((h, wd), (kh, kw), (stride, stride), "SAME")
-    ho, wo = -(-h // stride), -(-wd // stride)
-    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            t = xp[:, i:i + (ho - 1) * stride + 1:stride, j:j + (wo - 1) * stride + 1:stride, :] * w[i, j, 0]
-            out = t if out is None else out + t
-    return out
-
-
 def depthwise_conv(x: jax.Array, w: jax.Array, *, stride: int = 1, impl: str = "native") -> jax.Array:
     """SAME depthwise conv, kernel (k, k, 1, C). cpu: one dense product on maps of at most
     2x2 pixels, shifted multiply-adds otherwise (measured in docs/models.md)."""
@@ -95,7 +81,7 @@ def depthwise_conv(x: jax.Array, w: jax.Array, *, stride: int = 1, impl: str = "
     if impl == "cpu":
         if x.shape[1] * x.shape[2] <= 4:
             return dense_small_map(x, w, stride, c)
-        return depthwise_taps(x, w, stride)
+        return layers.depthwise_taps(x, w, stride)
     return lax.conv_general_dilated(x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                     feature_group_count=c)
 
@@ -394,31 +380,13 @@ def decay_rates(params, cfg: CoAtNetRecipe) -> Any:
     return jax.tree_util.tree_map_with_path(rate, params)
 
 
-def learning_rate(decay: str):
-    """Warmup from 0, then `decay` ("linear" or "cosine") to 0 at total_steps (traced
-    arguments, the step convention of scaling.optim.learning_rate)."""
-    from scaling.optim import learning_rate as cosine
-
-    if decay == "cosine":
-        return cosine
-
-    def linear(step, *, peak_lr, warmup_steps, total_steps):
-        step = jnp.asarray(step, jnp.float32)
-        warmup = jnp.asarray(warmup_steps, jnp.float32)
-        total = jnp.asarray(total_steps, jnp.float32)
-        warm = step / jnp.maximum(warmup, 1.0)
-        progress = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
-        return jnp.asarray(peak_lr, jnp.float32) * jnp.where(step < warmup, warm, 1.0 - progress)
-
-    return linear
-
 
 def make_recipe(cfg: CoAtNetRecipe = CoAtNetRecipe()):
     """clip by global norm -> Adam (the direction); the AdamW update
     p - lr * (direction + rate * p), rate from `decay_rates`."""
     import optax
 
-    from scaling.optim import Recipe
+    from scaling.optim import Recipe, schedule
 
     chain = [optax.clip_by_global_norm(cfg.grad_clip_norm)] if cfg.grad_clip_norm > 0 else []
     chain.append(optax.scale_by_adam(b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps))
@@ -430,4 +398,4 @@ def make_recipe(cfg: CoAtNetRecipe = CoAtNetRecipe()):
         return jax.tree.map(lambda p, dd, r: (p - lr * (dd + r * p)).astype(p.dtype) if r
                             else (p - lr * dd).astype(p.dtype), params, direction, rates)
 
-    return Recipe(optimizer, learning_rate(cfg.decay), apply_updates)
+    return Recipe(optimizer, schedule(cfg.decay), apply_updates)

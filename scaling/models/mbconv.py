@@ -42,7 +42,7 @@ PROXY_EPS = 1e-5  # added to the proxy variance; small against SiLU variances do
 
 def resolve_impl(impl: str) -> str:
     """"auto" -> "cpu" on the CPU backend, "native" elsewhere:
-      cpu     depthwise convs as a sum of k*k shifted, scaled copies (`depthwise_taps`);
+      cpu     depthwise convs as a sum of k*k shifted, scaled copies (`layers.depthwise_taps`);
               every other conv by layers.conv2d's per-layer CPU rule (NFNet's kernels)
       native  lax.conv_general_dilated with feature_group_count
     Both compute the same function (tests/test_models_effnetv2.py)."""
@@ -55,28 +55,11 @@ def resolve_impl(impl: str) -> str:
     return impl
 
 
-def depthwise_taps(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
-    """SAME-padded depthwise conv (w: k, k, 1, C) as sum_ij shift_ij(x) * w[i, j]: k*k
-    elementwise multiply-adds, forward and backward. On XLA:CPU 4-20x faster than
-    feature_group_count = C (docs/models.md#depthwise-and-group-16-convolutions-on-cpu)."""
-    kh, kw, _, _ = w.shape
-    b, h, wd, c = x.shape
-    pads = lax.padtype_to_pads((h, wd), (kh, kw), (stride, stride), "SAME")
-    ho, wo = -(-h // stride), -(-wd // stride)
-    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    y = None
-    for i in range(kh):
-        for j in range(kw):
-            tap = xp[:, i:i + (ho - 1) * stride + 1:stride, j:j + (wo - 1) * stride + 1:stride, :] * w[i, j, 0]
-            y = tap if y is None else y + tap
-    return y
-
-
 def conv(x: jax.Array, w: jax.Array, *, stride: int, groups: int, impl: str) -> jax.Array:
     """SAME NHWC conv, HWIO kernel (I = C_in / groups), by `impl` (`resolve_impl`)."""
     if impl == "cpu":
         if groups > 1 and groups == x.shape[-1] == w.shape[-1]:
-            return depthwise_taps(x, w, stride)
+            return layers.depthwise_taps(x, w, stride)
         return layers.conv2d(x, w, stride=stride, groups=groups, impl="cpu")
     return layers.conv2d(x, w, stride=stride, groups=groups, impl="native")
 
@@ -286,7 +269,7 @@ def make_recipe(cfg: mb.MBConvRecipe = mb.MBConvRecipe()):
     momentum; the update p - lr(t) x direction; warmup then cosine or linear decay."""
     import optax
 
-    from scaling.optim import Recipe
+    from scaling.optim import Recipe, schedule
 
     chain = []
     if cfg.weight_decay:
@@ -299,23 +282,5 @@ def make_recipe(cfg: mb.MBConvRecipe = mb.MBConvRecipe()):
     def apply_updates(params, direction, lr, peak_lr):
         return jax.tree.map(lambda p, d: (p - lr * d).astype(p.dtype), params, direction)
 
-    return Recipe(optimizer, learning_rate(cfg.decay), apply_updates)
+    return Recipe(optimizer, schedule(cfg.decay), apply_updates)
 
-
-def learning_rate(decay: str):
-    """Warmup from 0, then `decay` ("cosine": scaling.optim's NFNet schedule, or "linear")
-    to 0 at total_steps; traced arguments, one compilation for every LR and length."""
-    from scaling.optim import learning_rate as cosine
-
-    if decay == "cosine":
-        return cosine
-
-    def linear(step, *, peak_lr, warmup_steps, total_steps):
-        step = jnp.asarray(step, jnp.float32)
-        warmup = jnp.asarray(warmup_steps, jnp.float32)
-        total = jnp.asarray(total_steps, jnp.float32)
-        warm = step / jnp.maximum(warmup, 1.0)
-        progress = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
-        return jnp.asarray(peak_lr, jnp.float32) * jnp.where(step < warmup, warm, 1.0 - progress)
-
-    return linear

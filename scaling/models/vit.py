@@ -336,31 +336,13 @@ def decay_rates(params, cfg: ViTRecipe) -> Any:
     return jax.tree_util.tree_map_with_path(rate, params)
 
 
-def learning_rate(decay: str):
-    """Warmup from 0, then `decay` ("cosine" or "linear") to 0 at total_steps; the same
-    step convention as scaling.optim.learning_rate (traced arguments)."""
-    from scaling.optim import learning_rate as cosine
-
-    if decay == "cosine":
-        return cosine
-
-    def linear(step, *, peak_lr, warmup_steps, total_steps):
-        step = jnp.asarray(step, jnp.float32)
-        warmup = jnp.asarray(warmup_steps, jnp.float32)
-        total = jnp.asarray(total_steps, jnp.float32)
-        warm = step / jnp.maximum(warmup, 1.0)
-        progress = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
-        return jnp.asarray(peak_lr, jnp.float32) * jnp.where(step < warmup, warm, 1.0 - progress)
-
-    return linear
-
 
 def make_recipe(cfg: ViTRecipe = ViTRecipe()):
     """clip by global norm -> Adam (the direction); the update
     p - lr * direction - (lr / peak_lr) * rate * p, rate from `decay_rates`."""
     import optax
 
-    from scaling.optim import Recipe
+    from scaling.optim import Recipe, schedule
 
     chain = [optax.clip_by_global_norm(cfg.grad_clip_norm)] if cfg.grad_clip_norm > 0 else []
     chain.append(optax.scale_by_adam(b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps))
@@ -372,4 +354,4 @@ def make_recipe(cfg: ViTRecipe = ViTRecipe()):
         return jax.tree.map(lambda p, dd, r: (p - lr * dd - (mult * r) * p).astype(p.dtype) if r
                             else (p - lr * dd).astype(p.dtype), params, direction, rates)
 
-    return Recipe(optimizer, learning_rate(cfg.decay), apply_updates)
+    return Recipe(optimizer, schedule(cfg.decay), apply_updates)
