@@ -289,10 +289,13 @@ def format_plan(p: dict) -> str:
                          f"({lvl} interval {_iv((lo, hi), '.3g')})")
         else:
             grow = ", ".join(f"{k} ~ N^{v['b']:.2f}" for k, v in sh["ladder"].items()) or "no coordinate varies"
-            held = ", ".join(f"{k} {v}" for k, v in sh["fixed"].items())
+            held = ", ".join(f"{k} {v}" for k, v in sh["fixed"].items()) or "none"
             ends = sh.get("members_at_params_interval") or []
             lines.append(f"shape: on the sweep's own ladder ({grow}; held: {held})"
                          + (f"; members across the N_opt interval: {' .. '.join(ends)}" if ends else ""))
+            why = sh.get("law_not_fitted") or ""
+            if why and not why.startswith("no sweep of shapes"):  # shapes were swept: say why their law is unused
+                lines.append(f"shape-aware law not used: {why}")
     rep = p.get("repetition") or {}
     if p["steps"] is not None:
         lines.append(f"epochs: {p['epochs']:.3g} ({p['examples']:.3g} examples of a {p['dataset_size']:.3g}-example "

@@ -280,6 +280,9 @@ def shape_cells(opt: pd.DataFrame, coords: pd.DataFrame, coordinate: str) -> pd.
     return pd.DataFrame(rows)
 
 
+MIN_LAW_CELLS = 3  # a line through the cells plus one degree of freedom for its t-interval
+
+
 def fit_shape_law(opt: pd.DataFrame, coords: pd.DataFrame, level: float = 0.95) -> tuple[ShapeLaw | None, str]:
     """The law for the coordinate the sweep varies most at fixed size, or (None, why)."""
     best = None
@@ -295,6 +298,12 @@ def fit_shape_law(opt: pd.DataFrame, coords: pd.DataFrame, level: float = 0.95) 
     k, cells = best
     if cells["compute"].nunique() < 2:
         return None, f"{k}: optimal shape found at one compute only; need >= 2 budgets for its trend"
+    if len(cells) < MIN_LAW_CELLS:
+        # Two cells fix a line exactly: no interval, and the measured `shape` spec's two
+        # cells put depth at 1/13 of the smallest swept. A shape recommended without an
+        # interval is not one a user can act on, so the ladder answers instead.
+        return None, (f"{k}: the optimal shape is bracketed in {len(cells)} (size, budget) cells only; the law needs "
+                      f">= {MIN_LAW_CELLS} for an interval, so the plan keeps to the sweep's ladder")
     x = np.column_stack([np.ones(len(cells)), np.log(cells["compute"].to_numpy(float))])
     y = np.log(cells[f"{k}_opt"].to_numpy(float))
     theta, *_ = np.linalg.lstsq(x, y, rcond=None)

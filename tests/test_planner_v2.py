@@ -298,11 +298,15 @@ def test_bundled_shape_spec_sweeps_shapes_at_one_size():
     spec = load_spec("shape")
     trials = expand(spec)
     nfnet = fam_of("nfnet")
-    models = sorted({t.config["model"] for t in trials})
-    counts = [nfnet.count(nfnet.get_config(m, num_classes=spec.num_classes), spec.resolution).params for m in models]
-    depths = {nfnet.shape(nfnet.get_config(m, num_classes=10))["depth_mult"] for m in models}
+    shapes, ladder = (sorted({t.config["model"] for t in trials} & {r.name for r in g.models})
+                      for g in spec.groups)
+    counts = [nfnet.count(nfnet.get_config(m, num_classes=spec.num_classes), spec.resolution).params for m in shapes]
+    depths = {nfnet.shape(nfnet.get_config(m, num_classes=10))["depth_mult"] for m in shapes}
     assert len(depths) >= shape.MIN_SHAPES and max(counts) / min(counts) <= shape.SAME_SIZE
-    assert len(spec.epochs) == 3 and len(trials) <= 30
+    # and a ladder of sizes through one of the shapes, >= 10x in params, for Approach 3's N_opt
+    sizes = [nfnet.count(nfnet.get_config(m, num_classes=10), spec.resolution).params for m in ladder + shapes[1:2]]
+    assert max(sizes) / min(sizes) >= 10
+    assert len(spec.epochs) == 3 and len(trials) <= 45
 
 
 def test_every_registry_family_with_multipliers_gets_a_ladder():
@@ -329,11 +333,13 @@ def test_every_registry_family_with_multipliers_gets_a_ladder():
 
 
 def test_plan_takes_the_shape_from_the_shape_aware_law():
-    """Two sizes x 3 depths each (as sweeps/specs/shape.toml, plus a larger group), losses
-    with a depth penalty around depth_opt = 0.3 (C / 1e10)^0.15: the plan's shape comes from
-    the shape-aware law, its depth near the truth at the budget, its size near N_opt."""
+    """Two sizes x 3 depths each (as sweeps/specs/shape.toml, plus a larger group) and the
+    spec's size ladder at depth x0.25 (without it Approach 3 is not identified: alpha ran to
+    8), losses with a depth penalty around depth_opt = 0.3 (C / 1e10)^0.15: the plan's shape
+    comes from the shape-aware law, its depth near the truth at the budget, its size near N_opt."""
     nfnet = family.registry_family("nfnet")
-    members = [(0.125, 0.078125), (0.25, 0.078125), (0.5, 0.0625), (0.125, 0.125), (0.5, 0.09375), (0.75, 0.078125)]
+    members = [(0.125, 0.078125), (0.25, 0.078125), (0.5, 0.0625), (0.125, 0.125), (0.5, 0.09375), (0.75, 0.078125),
+               (0.25, 0.03125), (0.25, 0.25)]
     cfgs = [nfnet.member(num_classes=10, depth_mult=d, width_mult=w) for d, w in members]
     counts = [nfnet.count(c, 16) for c in cfgs]
     names = [nfnet.model_name(c) for c in cfgs]
