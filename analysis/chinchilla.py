@@ -170,8 +170,8 @@ class ChinchillaFit:
 # fit its smallest model with a term that vanishes everywhere else (alpha -> inf with
 # A -> inf, measured: alpha 12-16, log A 220-280); the data cannot tell 4 from infinity
 # there, and published exponents are 0.05-0.8 ([H22], [E24]; docs/references.md#fitting-scaling-laws),
-# so 4 is no constraint on a law the data identify. A POINT fit beyond 4 is refused
-# (fit_approach3): its refits would not move and its intervals would be zero-width.
+# so 4 is no constraint on a law the data identify. A POINT fit beyond 4 gets no intervals
+# (fit_approach3, with the reason): its refits would not move, the intervals zero-width.
 EXPONENT_MAX = 4.0
 REFIT_UPPER = np.array([np.inf, np.inf, np.inf, EXPONENT_MAX, EXPONENT_MAX])  # (a, b, e, alpha, beta)
 
@@ -212,14 +212,16 @@ def fit_approach3(opt: pd.DataFrame, resamples: int = 1000, seed: int = 0, level
     designs = _designs(log_n, log_d)
     point = fitting.fit_multistart(starts, designs, y, polish=polish)
     alpha, beta = point.theta[3], point.theta[4]
+    step = ""
     if max(alpha, beta) > EXPONENT_MAX:
-        # The term vanishes past the smallest size (or data count): a step, not a power law;
-        # refits started there do not move, so intervals would be zero-width, not honest.
+        # The term vanishes past the smallest size (or data count): a step, not a power law
+        # the runs identify; refits started there do not move, so intervals drawn from them
+        # would be zero-width. They are withheld with this reason (the plan says so).
         which = "alpha" if alpha > EXPONENT_MAX else "beta"
-        raise ValueError(f"the fit has {which} = {max(alpha, beta):.3g} > {EXPONENT_MAX:g}: its "
-                         f"{'params' if which == 'alpha' else 'data'} term is a step at the smallest "
-                         f"{'model' if which == 'alpha' else 'budget'}, not a power law the runs identify; "
-                         "add sizes or budgets where the loss still falls")
+        step = (f"{which} = {max(alpha, beta):.3g} > {EXPONENT_MAX:g}: the "
+                f"{'params' if which == 'alpha' else 'data'} term is a step at the smallest "
+                f"{'model' if which == 'alpha' else 'budget'}, not a power law the runs identify; add sizes or "
+                "budgets where the loss still falls")
     if not (alpha > 0 and beta > 0):
         # Loss not falling with params (or data) over these runs: no compute-optimal
         # split exists (N_opt would be complex), e.g. shapes swept at about one size.
@@ -233,15 +235,15 @@ def fit_approach3(opt: pd.DataFrame, resamples: int = 1000, seed: int = 0, level
     n_sizes, n_data = int(pts["params"].nunique()), int(pts["examples_seen"].nunique())
     if method == "parametric":
         res = fitting.parametric_bootstrap(point.theta, designs, y, resamples, rng,
-                                           not_identified=identification(n_sizes, n_data), upper=REFIT_UPPER)
+                                           not_identified=step or identification(n_sizes, n_data), upper=REFIT_UPPER)
         theta, converged, dof, withheld = res.theta, res.converged_fraction, res.dof, res.withheld
     else:
         w = fitting.bootstrap_weights(len(y), resamples, rng)
         boot = fitting.minimize_batched(np.repeat(point.theta[None], resamples, axis=0), designs, y, w,
                                         max_iter=fitting.CASES_MAX_ITER)
-        theta = np.where(boot.converged[:, None], boot.theta, np.nan)
+        theta = np.where(boot.converged[:, None] & (not step), boot.theta, np.nan)
         converged = float(boot.converged.mean()) if resamples else float("nan")
-        dof, withheld = fitting.residual_dof(fitting.linearise(point.theta, designs, y)[1]), ""
+        dof, withheld = fitting.residual_dof(fitting.linearise(point.theta, designs, y)[1]), step
     return ChinchillaFit(params={k: float(v[0]) for k, v in _named(point.theta).items()},
                          samples=_named(theta), flops=flops, r2=r2, status=point.status, success=point.success,
                          starts=point.starts, starts_agreeing=point.starts_agreeing, converged_fraction=converged,

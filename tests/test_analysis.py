@@ -167,14 +167,18 @@ def test_approach3_refuses_a_law_whose_loss_does_not_fall_with_params():
     assert isinstance(fit.optimal(1e15)[0], float)
 
 
-def test_approach3_refuses_a_point_fit_whose_exponent_is_a_step():
+def test_approach3_withholds_intervals_when_an_exponent_is_a_step():
     """The grown `shape` spec's first fit: alpha = 25.7 with A = 1e114 (the N term a cliff at
-    the smallest model); its refits did not move, so every interval was zero-width."""
-    opt = synthetic.make_optima(noise=0.0, seed=1)
+    the smallest model); its refits did not move, so every interval was zero-width. Now the
+    intervals are withheld with the reason (the point answer stays, with the warning)."""
+    opt = synthetic.make_optima(noise=0.01, seed=1)
     small = opt["params"] == opt["params"].min()
     cliff = opt.assign(heldout_loss=2.0 + 30.0 / opt["examples_seen"] ** 0.3 + np.where(small, 0.5, 0.0))
-    with pytest.raises(ValueError, match=r"alpha = [0-9.e+]+ > 4: its params term is a step"):
-        chinchilla.fit_approach3(cliff, resamples=0)
+    for method in ("parametric", "cases"):
+        fit = chinchilla.fit_approach3(cliff, resamples=50, method=method)
+        assert fit.params["alpha"] > chinchilla.EXPONENT_MAX
+        assert "alpha" in fit.withheld and "the params term is a step at the smallest model" in fit.withheld
+        assert np.isnan(fit.samples["alpha"]).all()  # no zero-width interval
 
 
 def test_approach3_backtest(analysis):
