@@ -311,8 +311,10 @@ FAMILY_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown
 
 def comparison_figure(a: Analysis, per_unit: float, unit: str):
     """Every family on one pair of axes: its lr-optimal points (frontier points filled),
-    its frontier law with the bootstrap band, and each pair's crossover (vertical line,
-    its interval shaded). None for a single family."""
+    its frontier law with the bootstrap band, and each pair's crossover: for two families a
+    vertical line with its interval shaded; for three or more a numbered marker where the
+    drawn laws cross, with its interval as a bar (one legend line per pair, crossing or
+    not). None for a single family."""
     subs = a.families
     if len(subs) < 2:
         return None
