@@ -44,17 +44,17 @@ def _logged_steps(workdir: Path) -> list[int]:
 
 
 def kill_at_random_steps(command: Callable[..., list[str]], workdir: Path, *, rounds: int = 3, seed: int = 7,
-                         wait_s: float = 240) -> int:
+                         wait_s: float = 240, gap: tuple[int, int] = (1, 4)) -> int:
     """Start the run `rounds` times (checkpointing every 2 steps), each time SIGKILL it a
-    random 1-4 steps after the previous kill's target (plus up to 0.3 s, so some kills
-    land mid-checkpoint); returns how many runs were killed (a run that ends on its own
-    is not)."""
+    random `gap` (1-4) steps after the previous kill's target (plus up to 0.3 s, so some
+    kills land mid-checkpoint); returns how many runs were killed (a run that ends on its
+    own is not)."""
     rng = random.Random(seed)
     kills, last = 0, 0
     for _ in range(rounds):
         proc = subprocess.Popen(command(checkpoint_steps="2"), cwd=REPO, env=clean_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        target = last + rng.randint(1, 4)
+        target = last + rng.randint(*gap)
         deadline = time.monotonic() + wait_s
         while proc.poll() is None and time.monotonic() < deadline:
             steps = _logged_steps(workdir)

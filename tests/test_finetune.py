@@ -7,11 +7,8 @@ persistent cache). Fine-tunes are 1 epoch (8 steps) with a checkpoint every 4.
 from __future__ import annotations
 
 import json
-import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +16,7 @@ import pytest
 
 from scaling.errors import BadInput
 from scaling.train import TrainConfig, run_training
+from resume_helpers import kill_at_random_steps
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "results" / "test_jax_cache"
@@ -111,24 +109,7 @@ def test_finetune_sigkill_at_random_points_then_resume_is_exact(parent, finetune
     code = ("import sys, json; from scaling.train import TrainConfig, run_training; "
             "r = run_training(TrainConfig.from_json(sys.argv[1]), sys.argv[2]); print(json.dumps(r.to_dict()))")
     args = [sys.executable, "-c", code, ft_config(parent[1], checkpoint_every_steps=2).to_json(), str(workdir)]
-    rng, kills, last = random.Random(5), 0, 0
-    for _ in range(2):
-        proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        target = last + rng.randint(1, 3)
-        deadline = time.monotonic() + 240
-        while proc.poll() is None and time.monotonic() < deadline:
-            metrics = workdir / "metrics.jsonl"
-            steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()
-                     if x.strip().endswith("}")] if metrics.exists() else []
-            if steps and steps[-1] >= target:
-                time.sleep(rng.uniform(0, 0.3))
-                break
-            time.sleep(0.02)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-        last = target
+    kills = kill_at_random_steps(lambda **_: args, workdir, rounds=2, seed=5, gap=(1, 3))
     assert kills >= 1, "the fine-tune finished before it could be killed; make it longer"
     out = subprocess.run(args[:-2] + [ft_config(parent[1]).to_json(), str(workdir)], cwd=REPO,
                          capture_output=True, text=True)

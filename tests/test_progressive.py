@@ -7,11 +7,8 @@ tests compile (the same persistent cache), so a stage adds one 8 px compilation.
 from __future__ import annotations
 
 import json
-import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +17,7 @@ import pytest
 from scaling.errors import BadInput
 from scaling.train import TrainConfig, run_training
 from scaling.train import progressive as prog
+from resume_helpers import kill_at_random_steps
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "results" / "test_jax_cache"
@@ -235,24 +233,7 @@ def test_sigkill_at_random_points_then_resume_is_exact(reference, tmp_path):
     code = ("import sys, json; from scaling.train import TrainConfig, run_training; "
             "r = run_training(TrainConfig.from_json(sys.argv[1]), sys.argv[2]); print(json.dumps(r.to_dict()))")
     args = [sys.executable, "-c", code, tiny(checkpoint_every_steps=2).to_json(), str(workdir)]
-    rng, kills, last = random.Random(6), 0, 0
-    for _ in range(2):
-        proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        target = last + rng.randint(3, 6)
-        deadline = time.monotonic() + 240
-        while proc.poll() is None and time.monotonic() < deadline:
-            metrics = workdir / "metrics.jsonl"
-            steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()
-                     if x.strip().endswith("}")] if metrics.exists() else []
-            if steps and steps[-1] >= target:
-                time.sleep(rng.uniform(0, 0.3))
-                break
-            time.sleep(0.02)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-        last = target
+    kills = kill_at_random_steps(lambda **_: args, workdir, rounds=2, seed=6, gap=(3, 6))
     assert kills >= 1, "the run finished before it could be killed; make it longer"
     out = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]

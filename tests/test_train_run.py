@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from scaling.train import TrainConfig, run_training
+from resume_helpers import kill_at_random_steps
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "results" / "test_jax_cache"
@@ -217,26 +216,7 @@ def test_a_checkpoint_of_another_run_is_set_aside(reference, tmp_path):
 def test_sigkill_at_random_points_then_resume_is_exact(reference, tmp_path):
     ref, _, _, _ = reference
     workdir = tmp_path / "killed"
-    rng = random.Random(4)
-    kills, last = 0, 0
-    for _ in range(3):
-        proc = subprocess.Popen(cli_args(workdir, checkpoint_steps="2"), cwd=REPO, env=clean_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        target = last + rng.randint(1, 4)
-        deadline = time.monotonic() + 240
-        while proc.poll() is None and time.monotonic() < deadline:
-            metrics = workdir / "metrics.jsonl"
-            steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()
-                     if x.strip().endswith("}")] if metrics.exists() else []
-            if steps and steps[-1] >= target:
-                time.sleep(rng.uniform(0, 0.3))
-                break
-            time.sleep(0.02)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-        last = target
+    kills = kill_at_random_steps(lambda **extra: cli_args(workdir, **extra), workdir, rounds=3, seed=4)
     assert kills >= 2, "the run finished before it could be killed; make it longer"
     assert not (workdir / "result.json").exists()
     out = subprocess.run(cli_args(workdir), cwd=REPO, env=clean_env(), capture_output=True, text=True)
