@@ -177,13 +177,7 @@ def _replace(cfg: EffNetV2Config, overrides: dict) -> EffNetV2Config:
 
 
 def validate(cfg: EffNetV2Config) -> None:
-    for field in ("stem", "head", "num_classes", "train_resolution", "test_resolution"):
-        v = getattr(cfg, field)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise BadInput(f"{field}: must be a positive whole number, got {v!r}")
-    mb.check_norm(cfg.norm)
-    if not (isinstance(cfg.dropout, (int, float)) and 0 <= cfg.dropout < 1):
-        raise BadInput(f"dropout: must be in [0, 1), got {cfg.dropout!r}")
+    mb.check_config(cfg, ("stem", "head", "num_classes", "train_resolution", "test_resolution"))
 
 
 # --- the sweep grid keys ----------------------------------------------------------------
@@ -192,12 +186,5 @@ GRID_KEYS = ("effnetv2_depth_mults", "effnetv2_width_mults", "effnetv2_norm")
 
 def grid_names(table: dict, where: str) -> list[str]:
     """effnetv2_depth_mults x effnetv2_width_mults (both required), one normaliser for all."""
-    for key in GRID_KEYS[:2]:
-        if key not in table:
-            raise BadInput(f"{where}{key}: missing; the EfficientNetV2 grid needs effnetv2_depth_mults "
-                           f"and effnetv2_width_mults")
-    norm = table.get("effnetv2_norm", DEFAULT_NORM)
-    mb.check_norm(norm, f"{where}effnetv2_norm")
-    return [model_name(family_config(d, w, num_classes=1, norm=norm))
-            for d in mb.positive_numbers(table, "effnetv2_depth_mults", where)
-            for w in mb.positive_numbers(table, "effnetv2_width_mults", where)]
+    return mb.family_grid_names(table, where, "effnetv2", "EfficientNetV2", DEFAULT_NORM,
+                                lambda d, w, norm: model_name(family_config(d, w, num_classes=1, norm=norm)))

@@ -177,13 +177,7 @@ def _replace(cfg: G16Config, overrides: dict) -> G16Config:
 def validate(cfg: G16Config) -> None:
     mb.check_multiplier(cfg.depth_mult, "depth_mult")
     mb.check_multiplier(cfg.width_mult, "width_mult")
-    for field in ("group_size", "expand", "num_classes", "train_resolution", "test_resolution"):
-        v = getattr(cfg, field)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise BadInput(f"{field}: must be a positive whole number, got {v!r}")
-    mb.check_norm(cfg.norm)
-    if not (isinstance(cfg.dropout, (int, float)) and 0 <= cfg.dropout < 1):
-        raise BadInput(f"dropout: must be in [0, 1), got {cfg.dropout!r}")
+    mb.check_config(cfg, ("group_size", "expand", "num_classes", "train_resolution", "test_resolution"))
 
 
 GRID_KEYS = ("g16_depth_mults", "g16_width_mults", "g16_norm")
@@ -191,12 +185,5 @@ GRID_KEYS = ("g16_depth_mults", "g16_width_mults", "g16_norm")
 
 def grid_names(table: dict, where: str) -> list[str]:
     """g16_depth_mults x g16_width_mults (both required), one normaliser for all."""
-    for key in GRID_KEYS[:2]:
-        if key not in table:
-            raise BadInput(f"{where}{key}: missing; the G16-EfficientNet grid needs g16_depth_mults "
-                           f"and g16_width_mults")
-    norm = table.get("g16_norm", DEFAULT_NORM)
-    mb.check_norm(norm, f"{where}g16_norm")
-    return [model_name(family_config(d, w, num_classes=1, norm=norm))
-            for d in mb.positive_numbers(table, "g16_depth_mults", where)
-            for w in mb.positive_numbers(table, "g16_width_mults", where)]
+    return mb.family_grid_names(table, where, "g16", "G16-EfficientNet", DEFAULT_NORM,
+                                lambda d, w, norm: model_name(family_config(d, w, num_classes=1, norm=norm)))

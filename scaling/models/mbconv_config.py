@@ -225,3 +225,28 @@ class MBConvRecipe(TypedRecipe):
         if not isinstance(self.decay, str) or self.decay not in DECAYS:
             raise BadInput(f"optimizer.decay: {self.decay!r} is not one of {', '.join(DECAYS)}; "
                            f"e.g. decay = \"cosine\"")
+
+
+def check_config(cfg, whole_fields: tuple[str, ...]) -> None:
+    """The checks every MBConv-family config shares: positive whole numbers, a known
+    normaliser, a dropout rate in [0, 1) (one-line BadInput naming the field)."""
+    for field in whole_fields:
+        v = getattr(cfg, field)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise BadInput(f"{field}: must be a positive whole number, got {v!r}")
+    check_norm(cfg.norm)
+    if not (isinstance(cfg.dropout, (int, float)) and 0 <= cfg.dropout < 1):
+        raise BadInput(f"dropout: must be in [0, 1), got {cfg.dropout!r}")
+
+
+def family_grid_names(table: dict, where: str, prefix: str, title: str, default_norm: str, member) -> list[str]:
+    """`{prefix}_depth_mults` x `{prefix}_width_mults` (both required) of a continuous MBConv
+    family, one `{prefix}_norm` for all; `member(d, w, norm)` -> the member's canonical name."""
+    depth_key, width_key, norm_key = f"{prefix}_depth_mults", f"{prefix}_width_mults", f"{prefix}_norm"
+    for key in (depth_key, width_key):
+        if key not in table:
+            raise BadInput(f"{where}{key}: missing; the {title} grid needs {depth_key} and {width_key}")
+    norm = table.get(norm_key, default_norm)
+    check_norm(norm, f"{where}{norm_key}")
+    return [member(d, w, norm) for d in positive_numbers(table, depth_key, where)
+            for w in positive_numbers(table, width_key, where)]
