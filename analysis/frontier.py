@@ -96,7 +96,8 @@ class LawFit:
         level = self.level if level is None else level
         c = np.asarray(compute, dtype=float)[None, :]
         k, b = self.samples["k"][:, None], self.samples["b"][:, None]
-        pred = k * c ** (-b) + (self.samples["E"][:, None] if "E" in self.samples else 0.0)
+        with np.errstate(invalid="ignore", over="ignore"):  # a resample with k overflowing: dropped just below
+            pred = k * c ** (-b) + (self.samples["E"][:, None] if "E" in self.samples else 0.0)
         pred = pred[np.all(np.isfinite(pred), axis=1)]
         if pred.shape[0] == 0:
             nan = np.full(c.shape[1], np.nan)
