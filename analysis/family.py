@@ -89,21 +89,29 @@ def swept_members(runs: pd.DataFrame, fam) -> list[Swept]:
     return out
 
 
-def _counts(fam, s: Swept, k: int, r: int):
-    c = fam.count(s.build(fam, k), r)
+def _counts(fam, s: Swept, k: int, r: int, channels: int = 3):
+    c = fam.count(s.build(fam, k), r, channels=channels)
     return float(c.params), float(c.flops)
 
 
+# Input channels the runs may have had: RGB, or grayscale (Fashion-MNIST).
+CHANNELS = (3, 1)
+
+
 def _classes_at(fam, s: Swept, r: int) -> int | None:
-    """Classes that give `s` exactly its recorded params at resolution r; None if none do."""
-    try:
-        p1, p2 = _counts(fam, s, 1, r)[0], _counts(fam, s, 2, r)[0]
-    except Exception:  # noqa: BLE001 - a resolution the member cannot take
-        return None
-    if p2 <= p1:
-        return None
-    k = (s.params - p1) / (p2 - p1) + 1
-    return int(round(k)) if k >= 0.5 and abs(k - round(k)) < 1e-3 else None
+    """Classes that give `s` exactly its recorded params at resolution r (RGB or grayscale
+    input); None if none do."""
+    for channels in CHANNELS:
+        try:
+            p1, p2 = _counts(fam, s, 1, r, channels)[0], _counts(fam, s, 2, r, channels)[0]
+        except Exception:  # noqa: BLE001 - a resolution the member cannot take
+            return None
+        if p2 <= p1:
+            return None
+        k = (s.params - p1) / (p2 - p1) + 1
+        if k >= 0.5 and abs(k - round(k)) < 1e-3:
+            return int(round(k))
+    return None
 
 
 def infer_setup(runs: pd.DataFrame, fam, swept: list[Swept] | None = None) -> tuple[int | None, int | None]:
