@@ -128,19 +128,32 @@ def test_signal_propagation_follows_the_alpha_beta_schedule():
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
-def test_every_preset_traces_forward_and_backward(name):
-    """Every preset at tiny width, depth kept: forward and backward trace to logits and
-    gradients of the right shapes (jax.eval_shape: tracing only; compiling 16 deep
-    graphs would take minutes on 2 cores, so execution is covered by F0 and F0+ below:
-    every preset is the same blocks repeated, and executing the deepest, F7+, cost
-    170 s of CI for no check the shallow ones lack)."""
+def test_every_preset_traces_at_its_depth(name):
+    """Every preset at tiny width, depth kept: the training forward traces to logits of
+    the right shape and the parameter tree has one entry per block (jax.eval_shape:
+    tracing only; compiling 16 deep graphs would take minutes on 2 cores). The backward
+    is traced only for the shallow presets (below): every preset is the same blocks
+    repeated, so tracing the gradient of 84 of them (F6) cost 14 s each for no check the
+    shallow ones lack; execution is covered by F0 and F0+ further down."""
+    cfg = _tiny(get_config(name))
+    params = init_params(cfg, jax.random.key(0), 16)
+    assert len(params) == 4 + cfg.num_blocks + 2  # stem, blocks, final conv, classifier
+    assert sum(v.size for v in jax.tree.leaves(params)) == count(cfg, 16).params
+    x = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)
+    logits = jax.eval_shape(lambda p, x, k: NFNet(cfg).apply({"params": p}, x, train=True, rngs={"dropout": k}),
+                            params, x, jax.random.key(1))
+    assert logits.shape == (2, cfg.num_classes)
+
+
+@pytest.mark.parametrize("name", [n for n in PRESET_NAMES if n.rstrip("+") in ("F0", "F1")])
+def test_shallow_presets_trace_forward_and_backward(name):
+    """The gradient traces to one leaf per parameter, of the parameter's shape."""
     cfg = _tiny(get_config(name))
     params = init_params(cfg, jax.random.key(0), 16)
     x = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)
     loss, grads = jax.eval_shape(jax.value_and_grad(_loss_fn(NFNet(cfg))), params, x, jax.random.key(1))
     assert loss.shape == ()
     assert jax.tree.map(lambda g: g.shape, grads) == jax.tree.map(lambda p: p.shape, params)
-    assert len(params) == 4 + cfg.num_blocks + 2  # stem, blocks, final conv, classifier
 
 
 def _run_forward_backward(name):

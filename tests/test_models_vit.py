@@ -236,16 +236,19 @@ def test_every_preset_traces_forward_and_backward_at_tiny_size(name):
     assert len([k for k in params if k.startswith("block")]) == cfg.depth
 
 
-@pytest.mark.parametrize("name", ["ViT-Ti/16", "ViT-S/14-gap", "ViT-B/16-map",
-                                  pytest.param("ViT-So400m/14", marks=pytest.mark.slow)])  # 27 blocks: ~40 s
+@pytest.mark.parametrize("name", ["ViT-Ti/16", "ViT-S/14-gap", "ViT-B/16-map", "ViT-So400m/14"])
 def test_preset_forward_backward_runs(name):
+    """Each pooling head (token, mean, MAP) and the So400m shape execute: finite loss and
+    gradients, dropout drawing from its stream, gradient reaching the embedding. Two
+    blocks, not the preset's depth: the depth is checked by the tracing test above, and
+    compiling 27 blocks (So400m) cost ~50 s of CI for no check two blocks lack."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from scaling.models.vit import ViT, init_params
 
-    cfg = dataclasses.replace(_tiny(name), dropout=0.1)
+    cfg = dataclasses.replace(_tiny(name), dropout=0.1, depth=2)
     res = 2 * cfg.patch_size
     params = init_params(cfg, jax.random.key(0), res)
     head = params["classifier"]["kernel"]  # zero-initialised: the body would get no gradient
