@@ -168,7 +168,12 @@ def main() -> int:
                     help="run the checks on CPU too (tests: a tiny --model, small --resolution/--batch)")
     args = ap.parse_args()
 
-    import jax
+    try:
+        import jax
+    except ImportError as err:
+        print(f"device_check: {sys.executable} cannot import jax ({err}); run it with a Python that has jax "
+              "(on the lent GPU machine: its preinstalled python3; here: PATH=.venv/bin:$PATH)")
+        return 2
 
     from scaling import units
 
