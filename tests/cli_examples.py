@@ -75,15 +75,14 @@ SLOTS = 2  # scratch paths; pytest -n 2 runs at most two pages at once
 
 @contextlib.contextmanager
 def scratch_dir():
-    """An empty working directory at a FIXED path, held under a lock while in use.
+    """An empty working directory at a fixed path, held under a lock while in use.
 
-    Fixed because JAX's persistent-cache key contains the cache directory's path as a
-    string (jax 0.10.2 hashes the compile options, which name
-    `<cache dir>/xla_gpu_per_fusion_autotune_cache_dir`), and TrainConfig's default
-    cache is `results/jax_cache` under the working directory: from a new temporary
-    directory every page would compile the tiny models again (~40-110 s on 2 cores).
+    Its `results/jax_cache` (TrainConfig's default cache) is a symlink to the tests'
+    cache (`scratch_env`), so a page finds the shapes other tests compiled: keys do not
+    depend on the cache's path (setup_compile_cache; tests/test_compile_cache.py).
+    Without that every page would compile the tiny models again (~40-110 s on 2 cores).
     The first free one of SLOTS paths is taken, so parallel test workers do not wait
-    for each other (each path compiles a shape once, then finds it in the cache)."""
+    for each other."""
     root = Path(tempfile.gettempdir()) / f"scaling-doc-examples-{os.getuid()}"
     root.mkdir(exist_ok=True)
     slot, lock = _take_slot(root)

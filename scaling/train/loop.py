@@ -21,6 +21,7 @@ and checkpoint pauses are outside it and reported apart (_CompletionClock).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -101,12 +102,21 @@ def setup_compile_cache(directory: str | None) -> None:
     the executable instead of compiling it."""
     if not directory:
         return
-    path = ensure_dir(Path(directory).absolute(), "compile_cache_dir")  # BadInput: a file, read-only
+    path = ensure_dir(Path(directory).absolute(), "compile_cache_dir").resolve()  # BadInput: a file, read-only
     if jax.config.jax_compilation_cache_dir != str(path):
         jax.config.update("jax_compilation_cache_dir", str(path))
         # Cache every executable: small CPU models compile in under the 1 s default.
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        if jax.default_backend() == "cpu":
+            # jax names the cache folder in XLA's GPU autotune option, and that option is
+            # part of every entry's key (jax/_src/compiler.py, jax 0.10): a CPU entry would
+            # then only be found through the same path spelling. CPUs autotune nothing, so
+            # on them the option is dropped and a cache reached through a symlink or moved
+            # elsewhere still hits. (resolve() above covers symlinks on GPUs too.) A jax
+            # without the option keeps keys with the path: only fewer hits, so no error.
+            with contextlib.suppress(AttributeError):
+                jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
 
 
 def _model_config(config: TrainConfig, num_classes: int):
