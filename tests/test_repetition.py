@@ -50,3 +50,33 @@ def test_recovers_r_star_and_predicts_the_loss_at_20_repetitions():
 def test_backtest_prefers_the_data_constrained_law_on_repeated_data():
     bt = repetition.backtest(runs(epochs=(0.5, 1, 2, 4, 8, 16))).set_index("form")
     assert bt.loc["data-constrained", "rmse_log"] < bt.loc["plain", "rmse_log"]
+
+
+
+def test_a_backtest_whose_training_runs_never_repeat_defers_to_all_runs():
+    """Budgets 0.5, 1 and 12 epochs: the backtest fits on <= 1 epoch, where the two laws are
+    one law, so its RMSEs cannot judge and the verdict comes from all runs. One repeated
+    budget cannot place R* either (B and beta bend to any three points along D), so R*'s
+    interval reaches the grid's top and the plan keeps the plain law, saying why."""
+    rng = np.random.default_rng(3)
+    rows = [{"model": f"m{n:.0e}", "params": n, "examples_seen": ep * UNIQUE, "epochs": ep,
+             "heldout_loss": true_loss(n, ep * UNIQUE) * np.exp(0.003 * rng.standard_normal())}
+            for n in (2e7, 7e7, 2e8, 4e8) for ep in (0.5, 1, 12)]
+    out = repetition.choose_law(pd.DataFrame(rows), resamples=100)
+    assert not repetition._backtest_resolves(pd.DataFrame(out["backtest"]))
+    assert out["law"] == "plain" and out["why"].startswith("backtest uninformative"), out["why"]
+    assert "reaches the grid's top" in out["why"] and out["fit"].r_star_interval()[1] == repetition.R_STAR_GRID[-1]
+
+
+@pytest.mark.parametrize("r_star, law", [(R_STAR, "data-constrained"), (1e6, "plain")])
+def test_without_a_backtest_r_stars_interval_decides(r_star, law):
+    """Five repeated budgets: all runs place R* = 5 (interval below the grid's top) and reject
+    the plain law; with no penalty (R* = 1e6) the interval reaches the top and keeps it."""
+    rng = np.random.default_rng(0)
+    rows = [{"model": f"m{n:.0e}", "params": n, "examples_seen": ep * UNIQUE, "epochs": ep,
+             "heldout_loss": true_loss(n, ep * UNIQUE, r_star=r_star) * np.exp(0.003 * rng.standard_normal())}
+            for n in (2e7, 7e7, 2e8, 4e8) for ep in (0.5, 1, 2, 4, 8)]
+    fit = repetition.fit_repetition(pd.DataFrame(rows), resamples=100)
+    verdict, why = repetition._in_sample_verdict(fit)
+    assert verdict == law, why
+    assert ("excludes" in why) == (law == "data-constrained")
