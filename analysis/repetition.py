@@ -244,7 +244,7 @@ def choose_law(opt: pd.DataFrame, starts=None, resamples: int = 0, seed: int = 0
         fit = fit_repetition(pts, resamples=resamples, seed=seed, level=level, **kw)
     except (ValueError, np.linalg.LinAlgError) as err:
         return {"law": "plain", "fit": None, "backtest": [], "why": f"data-constrained law not fitted: {err}"}
-    if fit.params["R_star"] >= R_STAR_GRID[-1] * (1 - 1e-6) or fit.objective > fit.plain_objective:
+    if _at_grid_top(fit.params["R_star"]) or fit.objective > fit.plain_objective:
         return {"law": "plain", "fit": fit, "backtest": [],
                 "why": f"no repetition penalty measurable: R* = {fit.params['R_star']:.3g} at the top of its grid "
                        f"or no better fit than the plain law ({fit.objective:.3g} vs {fit.plain_objective:.3g})"}
@@ -266,6 +266,11 @@ def choose_law(opt: pd.DataFrame, starts=None, resamples: int = 0, seed: int = 0
     return {"law": law, "fit": fit, "backtest": bt.to_dict(orient="records"), "why": why}
 
 
+def _at_grid_top(r_star: float) -> bool:
+    """R* at the top of its profile grid: no repetition penalty measurable (the plain law)."""
+    return r_star >= R_STAR_GRID[-1] * (1 - 1e-6)
+
+
 def _backtest_resolves(bt: pd.DataFrame) -> bool:
     """Whether the backtest's training runs place R* at all (their penalised fit beats the
     plain one by BACKTEST_RESOLVES); if not, its RMSEs compare one law with itself."""
@@ -281,7 +286,7 @@ def _in_sample_verdict(fit: RepetitionFit) -> tuple[str, str]:
     samples = fit.r_star_samples[np.isfinite(fit.r_star_samples)]
     if samples.size:
         lo, hi = fit.r_star_interval()
-        resolved = hi < R_STAR_GRID[-1] * (1 - 1e-6)
+        resolved = not _at_grid_top(hi)
         return ("data-constrained" if resolved else "plain",
                 f"R* = {fit.params['R_star']:.3g}, {fit.level:.0%} interval [{lo:.3g}, {hi:.3g}] "
                 + ("excludes" if resolved else "reaches") + f" the grid's top ({R_STAR_GRID[-1]:g}: no penalty)")
